@@ -1,0 +1,1 @@
+//! pgrelay library.

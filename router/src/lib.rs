@@ -1,0 +1,11 @@
+//! Pure routing decisions. This crate owns the vocabulary shared by every other crate
+//! (`Lsn`, `NodeId`, `Role`, `Epoch`, `Topology`) and performs no I/O, so every decision
+//! the proxy makes can be tested as a plain function.
+
+pub mod choose;
+pub mod classify;
+pub mod types;
+
+pub use choose::{choose, NoNode, Route};
+pub use classify::{classify, Class, PinReason};
+pub use types::{Epoch, Lsn, NodeId, NodeStatus, Role, Topology};
