@@ -1,6 +1,150 @@
-//! Statement classification (placeholder, replaced by the classifier).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinReason { Set }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class { Read, Write, Pin(PinReason) }
-pub fn classify(_sql: &str) -> Class { Class::Write }
+//! Statement classification: may this SQL text run on a replica, must it run on the
+//! primary, or does it leave state on the backend that ties the session to it?
+//!
+//! The classifier is conservative by construction: only what it can prove read-only is
+//! [`Class::Read`]; anything it does not understand is [`Class::Write`]. It runs on every
+//! simple query, so it lexes once, lazily, without allocating.
+
+mod functions;
+mod lexer;
+mod statement;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+use std::fmt;
+
+use lexer::Lexer;
+use statement::{next_statement, Outcome};
+use tokens::Tokens;
+
+/// Where a statement may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Provably read-only: may run on a streaming replica.
+    Read,
+    /// Must run on the primary (anything not provably read-only).
+    Write,
+    /// Leaves session state on the backend beyond the transaction, so the session must
+    /// stay on one primary backend from now on.
+    Pin(PinReason),
+}
+
+/// Why a statement pins its session; short and stable, for logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    /// `SET`, `RESET`, `set_config(.., false)`.
+    Set,
+    /// SQL-level `PREPARE`.
+    Prepare,
+    Listen,
+    /// Temporary tables, views, sequences or other objects in `pg_temp`.
+    TempTable,
+    /// Session-level `pg_advisory_lock` and friends.
+    AdvisoryLock,
+    /// `DECLARE ... WITH HOLD`.
+    HoldCursor,
+    Load,
+    /// Other session state (`setseed`, `dblink_connect`).
+    Other,
+}
+
+impl PinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::Set => "set",
+            PinReason::Prepare => "prepare",
+            PinReason::Listen => "listen",
+            PinReason::TempTable => "temp_table",
+            PinReason::AdvisoryLock => "advisory_lock",
+            PinReason::HoldCursor => "hold_cursor",
+            PinReason::Load => "load",
+            PinReason::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for PinReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Class::Read => f.write_str("read"),
+            Class::Write => f.write_str("write"),
+            Class::Pin(reason) => write!(f, "pin:{reason}"),
+        }
+    }
+}
+
+impl Class {
+    pub fn is_read(self) -> bool {
+        self == Class::Read
+    }
+
+    pub fn pin_reason(self) -> Option<PinReason> {
+        match self {
+            Class::Pin(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// How strongly this ties the statement to the primary: Read < Write < Pin.
+    fn rank(self) -> u8 {
+        match self {
+            Class::Read => 0,
+            Class::Write => 1,
+            Class::Pin(_) => 2,
+        }
+    }
+
+    /// The more restrictive of two classes; between two pins, the first one's reason.
+    pub fn strongest(self, other: Class) -> Class {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Classifies a simple-query string (possibly several `;`-separated statements).
+///
+/// A string of more than one statement is at least [`Class::Write`]: it runs as one
+/// implicit transaction and may mix kinds. Only whitespace, comments and `;` is
+/// [`Class::Read`], because the server answers it with EmptyQueryResponse.
+pub fn classify(sql: &str) -> Class {
+    let (class, ambiguous) = classify_as(sql, false);
+    if !ambiguous {
+        return class;
+    }
+    // A backslash in a plain string ends or continues it depending on the server's
+    // standard_conforming_strings; only what is read-only both ways is read-only.
+    class.strongest(classify_as(sql, true).0)
+}
+
+/// Classifies with plain strings lexed as `standard_conforming_strings` = !backslashes.
+/// Also returns whether any plain string contained a backslash.
+fn classify_as(sql: &str, backslash_escapes: bool) -> (Class, bool) {
+    let mut toks = Tokens::new(Lexer::new(sql, backslash_escapes));
+    let mut statements = 0usize;
+    let mut class = Class::Read;
+    while let Some(outcome) = next_statement(&mut toks) {
+        match outcome {
+            Outcome::Empty => {}
+            // The server rejects the whole string before running any of it.
+            Outcome::Unlexable => return (Class::Write, toks.ambiguous()),
+            Outcome::Class(c) => {
+                statements += 1;
+                class = class.strongest(c);
+            }
+        }
+    }
+    if statements > 1 {
+        class = class.strongest(Class::Write);
+    }
+    (class, toks.ambiguous())
+}

@@ -88,7 +88,10 @@ impl Topology {
 
     /// The routable primary, if exactly one up node claims the role.
     pub fn primary(&self) -> Option<&NodeStatus> {
-        let mut it = self.nodes.iter().filter(|n| n.up && n.role == Role::Primary);
+        let mut it = self
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.role == Role::Primary);
         let first = it.next()?;
         match it.next() {
             // Two nodes claiming to be primary: refuse to guess (fencing decides, later).
@@ -98,7 +101,9 @@ impl Topology {
     }
 
     pub fn replicas(&self) -> impl Iterator<Item = &NodeStatus> {
-        self.nodes.iter().filter(|n| n.up && n.role == Role::Replica)
+        self.nodes
+            .iter()
+            .filter(|n| n.up && n.role == Role::Replica)
     }
 }
 
@@ -124,19 +129,42 @@ mod tests {
     }
 
     fn node(id: usize, role: Role, up: bool) -> NodeStatus {
-        NodeStatus { id: NodeId(id), name: format!("pg{id}"), addr: String::new(), role, up }
+        NodeStatus {
+            id: NodeId(id),
+            name: format!("pg{id}"),
+            addr: String::new(),
+            role,
+            up,
+        }
     }
 
     #[test]
     fn primary_requires_exactly_one_up_claimant() {
-        let t = |nodes| Topology { version: 1, epoch: Epoch(0), nodes };
-        assert_eq!(t(vec![node(0, Role::Primary, true)]).primary().map(|n| n.id), Some(NodeId(0)));
-        assert!(t(vec![node(0, Role::Primary, false)]).primary().is_none());
-        assert!(t(vec![node(0, Role::Primary, true), node(1, Role::Primary, true)])
-            .primary()
-            .is_none());
+        let t = |nodes| Topology {
+            version: 1,
+            epoch: Epoch(0),
+            nodes,
+        };
         assert_eq!(
-            t(vec![node(0, Role::Replica, true), node(1, Role::Primary, true)]).primary().map(|n| n.id),
+            t(vec![node(0, Role::Primary, true)])
+                .primary()
+                .map(|n| n.id),
+            Some(NodeId(0))
+        );
+        assert!(t(vec![node(0, Role::Primary, false)]).primary().is_none());
+        assert!(t(vec![
+            node(0, Role::Primary, true),
+            node(1, Role::Primary, true)
+        ])
+        .primary()
+        .is_none());
+        assert_eq!(
+            t(vec![
+                node(0, Role::Replica, true),
+                node(1, Role::Primary, true)
+            ])
+            .primary()
+            .map(|n| n.id),
             Some(NodeId(1))
         );
     }

@@ -1,0 +1,67 @@
+//! Token cursor for the statement classifier: one token of lookahead over the lazy
+//! lexer, plus case-insensitive keyword tests that never allocate a lowercased copy.
+
+use super::lexer::{Lexer, Tok};
+
+/// A lexer with one token of lookahead.
+pub(super) struct Tokens<'a> {
+    lexer: Lexer<'a>,
+    peeked: Option<Option<Tok<'a>>>,
+}
+
+impl<'a> Tokens<'a> {
+    pub(super) fn new(lexer: Lexer<'a>) -> Self {
+        Tokens {
+            lexer,
+            peeked: None,
+        }
+    }
+
+    pub(super) fn ambiguous(&self) -> bool {
+        self.lexer.ambiguous()
+    }
+
+    pub(super) fn peek(&mut self) -> Option<Tok<'a>> {
+        *self.peeked.get_or_insert_with(|| self.lexer.next())
+    }
+
+    pub(super) fn next(&mut self) -> Option<Tok<'a>> {
+        self.peeked.take().unwrap_or_else(|| self.lexer.next())
+    }
+
+    pub(super) fn peek_word(&mut self) -> Option<&'a [u8]> {
+        match self.peek() {
+            Some(Tok::Word(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Consumes the next token if it is the keyword `kw`.
+    pub(super) fn eat(&mut self, kw: &str) -> bool {
+        let hit = self.peek_word().is_some_and(|w| is(w, kw));
+        if hit {
+            self.next();
+        }
+        hit
+    }
+
+    /// The first token after a run of `(`, without consuming anything: `((SELECT 1))`
+    /// is a query, and the body scan must still see the parentheses.
+    pub(super) fn word_after_parens(&mut self) -> Option<&'a [u8]> {
+        if self.peek() != Some(Tok::LParen) {
+            return self.peek_word();
+        }
+        match self.lexer.clone().find(|t| *t != Tok::LParen) {
+            Some(Tok::Word(w)) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn is(word: &[u8], kw: &str) -> bool {
+    word.eq_ignore_ascii_case(kw.as_bytes())
+}
+
+pub(super) fn is_any(word: &[u8], kws: &[&str]) -> bool {
+    kws.iter().any(|kw| is(word, kw))
+}
