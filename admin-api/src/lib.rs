@@ -1,1 +1,150 @@
-//! Admin API.
+//! pgrelay's admin HTTP API. This issue exposes liveness and the live topology; the
+//! operator actions (switchover, drain, pause) arrive with their own issue and plug into
+//! the same [`AdminState`].
+//!
+//! The API only reads the topology snapshot through arc-swap, so a slow or stuck HTTP
+//! client never holds anything the data path needs.
+
+use std::future::Future;
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+/// What the handlers can see. Cheap to clone: axum clones it per request.
+#[derive(Clone)]
+pub struct AdminState {
+    pub topology: health::SharedTopology,
+}
+
+/// The routes, without a listener, so tests can drive them with `oneshot`.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health_check))
+        .route("/topology", get(topology))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+pub async fn serve<F>(listener: TcpListener, state: AdminState, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    /// Whether a primary is known: a proxy without one still serves reads, so this is
+    /// reported rather than turned into a failing status code.
+    primary: Option<String>,
+}
+
+/// Liveness: 200 while the process serves. Readiness-style detail is in the body.
+async fn health_check(State(state): State<AdminState>) -> impl IntoResponse {
+    let topo = state.topology.load();
+    let body = HealthBody {
+        status: "ok",
+        primary: topo.primary().map(|n| n.name.clone()),
+    };
+    (StatusCode::OK, Json(body))
+}
+
+async fn topology(State(state): State<AdminState>) -> impl IntoResponse {
+    let topo = state.topology.load_full();
+    Json(topo.as_ref().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use router::{Epoch, NodeId, NodeStatus, Role, Topology};
+    use tower::ServiceExt;
+
+    fn topo(primary_up: bool) -> Topology {
+        Topology {
+            version: 3,
+            epoch: Epoch(1),
+            nodes: vec![
+                NodeStatus {
+                    id: NodeId(0),
+                    name: "pg0".into(),
+                    addr: "127.0.0.1:5432".into(),
+                    role: Role::Primary,
+                    up: primary_up,
+                },
+                NodeStatus {
+                    id: NodeId(1),
+                    name: "pg1".into(),
+                    addr: "127.0.0.1:5433".into(),
+                    role: Role::Replica,
+                    up: true,
+                },
+            ],
+        }
+    }
+
+    async fn get_json(state: AdminState, path: &str) -> (StatusCode, serde_json::Value) {
+        let resp = router(state)
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn health_reports_primary_or_none() {
+        for (up, expected) in [
+            (true, serde_json::json!("pg0")),
+            (false, serde_json::Value::Null),
+        ] {
+            let state = AdminState {
+                topology: health::shared(topo(up)),
+            };
+            let (status, body) = get_json(state, "/health").await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body["status"], "ok");
+            assert_eq!(body["primary"], expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn topology_follows_the_live_snapshot() {
+        let state = AdminState {
+            topology: health::shared(topo(true)),
+        };
+        let (_, body) = get_json(state.clone(), "/topology").await;
+        assert_eq!(body["version"], 3);
+        assert_eq!(body["nodes"][1]["role"], "replica");
+        let mut next = topo(true);
+        next.version = 4;
+        next.nodes[1].up = false;
+        state.topology.store(std::sync::Arc::new(next));
+        let (_, body) = get_json(state, "/topology").await;
+        assert_eq!(body["version"], 4);
+        assert_eq!(body["nodes"][1]["up"], false);
+    }
+
+    #[tokio::test]
+    async fn unknown_path_is_404() {
+        let state = AdminState {
+            topology: health::shared(topo(true)),
+        };
+        let resp = router(state)
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+}
