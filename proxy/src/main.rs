@@ -1,1 +1,111 @@
-fn main() {}
+//! The `pgrelay` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pgrelay::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "pgrelay",
+    version,
+    about = "A PostgreSQL replication proxy: writes to the primary, reads to replicas"
+)]
+struct Cli {
+    /// YAML configuration file (see config.example.yaml). PGRELAY_* variables override it.
+    #[arg(long, short, env = "PGRELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local primary and two streaming replicas and serve them (needs PostgreSQL installed).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
+    /// Validate the configuration and exit.
+    CheckConfig,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Validate configuration before anything else (no port is bound by a bad config).
+    let config = match (&cli.command, &cli.config) {
+        (Some(Command::Demo { .. }), _) => None,
+        (_, Some(path)) => Some(Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (_, None) => anyhow::bail!(
+            "no configuration: pass --config FILE (or set PGRELAY_CONFIG), or run `pgrelay demo`"
+        ),
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match (cli.command, config) {
+            (
+                Some(Command::Demo {
+                    listen,
+                    admin_listen,
+                    replicas,
+                }),
+                _,
+            ) => {
+                let opts = pgrelay::demo::DemoOptions {
+                    listen,
+                    admin_listen,
+                    replicas,
+                };
+                pgrelay::demo::run(opts, ctrl_c())
+                    .await
+                    .context("demo failed")?;
+            }
+            (_, Some(config)) => {
+                let listeners = pgrelay::app::Listeners::bind(&config).await?;
+                let handle = pgrelay::app::start(config, listeners).await?;
+                ctrl_c().await;
+                tracing::info!("shutting down");
+                handle.shutdown().await?;
+            }
+            (_, None) => unreachable!("configuration was checked above"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,227 @@
+//! Wires the parts together: discover roles, start the monitor and the admin API, accept
+//! clients. Listeners and the shutdown signal come in as arguments so tests can bind port
+//! 0 and run many proxies in one process.
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::pool::{PoolSettings, Pools};
+use crate::session::{serve_client, NodeInfo, Shared, UserAuth};
+use health::{ControlCreds, NodeSpec, RoleMonitor};
+use router::NodeId;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// PostgreSQL's own limit on one message is 1 GB; backends are trusted to respect it.
+const BACKEND_MAX_MESSAGE: usize = (1 << 30) + 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin API failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// The sockets pgrelay serves on. Binding is separate from running so that a bad config
+/// is refused before any port is taken, and tests can pass port-0 listeners.
+pub struct Listeners {
+    pub clients: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            clients: bind(config.listen).await?,
+            admin: bind(config.admin.listen).await?,
+        })
+    }
+}
+
+/// A running proxy, for `main`, the demo and tests.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), AppError>>,
+}
+
+impl Handle {
+    /// Stop accepting, stop the background tasks, and wait for them.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        let _ = self.shutdown.send(true);
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Discover the nodes, then serve in the background.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppError> {
+    let specs: Vec<NodeSpec> = config
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeSpec {
+            id: NodeId(i),
+            name: n.name.clone(),
+            host: n.host.clone(),
+            port: n.port,
+        })
+        .collect();
+    let creds = ControlCreds {
+        user: config.control.user.clone(),
+        password: config.control.password.expose().to_string(),
+        database: config.control.database.clone(),
+    };
+    let initial = health::discover(&specs, &creds, config.health.timeout).await;
+    for n in &initial.nodes {
+        tracing::info!(node = %n.name, addr = %n.addr, role = ?n.role, up = n.up, "discovered node");
+    }
+    if initial.primary().is_none() {
+        tracing::warn!("no primary found yet; writes fail until one is reachable");
+    }
+    let topology = health::shared(initial);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let monitor = RoleMonitor::spawn(
+        specs.clone(),
+        creds,
+        config.health.interval,
+        config.health.timeout,
+        topology.clone(),
+        shutdown_rx.clone(),
+    );
+
+    let users = config
+        .users
+        .iter()
+        .map(|u| {
+            let auth = UserAuth {
+                password: u.password.expose().to_string(),
+                method: config.auth_for(u),
+                scram: protocol::auth::ScramVerifier::new(u.password.expose()),
+            };
+            (u.name.clone(), auth)
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        nodes: specs
+            .iter()
+            .map(|s| NodeInfo {
+                name: s.name.clone(),
+                addr: s.addr(),
+            })
+            .collect(),
+        users,
+        topology: topology.clone(),
+        pools: Pools::new(
+            PoolSettings {
+                size: config.pool.size,
+                acquire_timeout: config.pool.acquire_timeout,
+                idle_timeout: config.pool.idle_timeout,
+            },
+            config.pool.connect_timeout,
+            BACKEND_MAX_MESSAGE,
+        ),
+        cancels: Arc::new(CancelRegistry::default()),
+        spread: Default::default(),
+        max_message: config.limits.max_message_size.0,
+        backend_max_message: BACKEND_MAX_MESSAGE,
+        startup_timeout: config.limits.startup_timeout,
+        cancel_timeout: Duration::from_secs(5),
+        replica_reads: config.routing.replica_reads,
+        pinned_sessions: Default::default(),
+        read_only_retries: Default::default(),
+    });
+
+    let addr = listeners
+        .clients
+        .local_addr()
+        .map_err(|source| AppError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let admin_addr = listeners.admin.local_addr().map_err(AppError::Admin)?;
+    let admin_state = admin_api::AdminState { topology };
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin = tokio::spawn(admin_api::serve(listeners.admin, admin_state, async move {
+        let _ = admin_shutdown.wait_for(|stop| *stop).await;
+    }));
+    let task = tokio::spawn(accept_loop(
+        listeners.clients,
+        shared.clone(),
+        config.limits.max_clients,
+        shutdown_rx,
+        monitor,
+        admin,
+    ));
+    tracing::info!(%addr, %admin_addr, "pgrelay is serving");
+    Ok(Handle {
+        addr,
+        admin_addr,
+        shared,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_clients: usize,
+    mut shutdown: watch::Receiver<bool>,
+    monitor: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), AppError> {
+    let clients = Arc::new(Semaphore::new(max_clients));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly rather
+                        // than spin; the listener itself stays usable.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                match clients.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            tracing::debug!(%peer, "client connected");
+                            serve_client(stream, shared).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::spawn(async move {
+                            let e = crate::errors::ClientError::TooManyClients(max_clients);
+                            let _ = stream.write_all(&e.to_message(true)).await;
+                        });
+                    }
+                }
+            }
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+        }
+    }
+    let _ = monitor.await;
+    match admin.await {
+        Ok(Err(e)) => Err(AppError::Admin(e)),
+        _ => Ok(()),
+    }
+}

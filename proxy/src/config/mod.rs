@@ -1,0 +1,296 @@
+//! pgrelay's configuration: a YAML file, then `PGRELAY_*` environment overrides, then
+//! validation. Unknown keys are rejected so a typo (`replica_read:`) fails loudly instead
+//! of silently keeping a default. Roles (primary/replica) are deliberately absent: they
+//! are discovered from the nodes, never trusted from config.
+
+mod env;
+mod error;
+mod secret;
+mod units;
+mod validate;
+mod yaml_index;
+
+#[cfg(test)]
+mod tests;
+
+pub use env::env_var;
+pub use error::ConfigError;
+pub use secret::Secret;
+pub use units::{parse_duration, parse_size, ByteSize};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use yaml_index::YamlIndex;
+
+/// The whole configuration. `Default` has no nodes and no users, so it is only valid
+/// once those are filled in (by the file or by `PGRELAY_NODES` / `PGRELAY_USERS`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where applications connect.
+    pub listen: SocketAddr,
+    pub admin: AdminConfig,
+    pub nodes: Vec<NodeConfig>,
+    pub users: Vec<UserConfig>,
+    pub control: ControlConfig,
+    pub auth: AuthMethod,
+    pub pool: PoolConfig,
+    pub limits: LimitsConfig,
+    pub health: HealthConfig,
+    pub routing: RoutingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            admin: AdminConfig::default(),
+            nodes: Vec::new(),
+            users: Vec::new(),
+            control: ControlConfig::default(),
+            auth: AuthMethod::ScramSha256,
+            pool: PoolConfig::default(),
+            limits: LimitsConfig::default(),
+            health: HealthConfig::default(),
+            routing: RoutingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable name used in logs, metrics and the admin API: `[A-Za-z0-9_-]+`.
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A user applications log in as. The proxy authenticates clients itself and then
+/// logs in to PostgreSQL with the same name and password.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: Secret,
+    /// Overrides the global `auth` for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMethod>,
+}
+
+/// Credentials pgrelay uses for its own checks (role discovery, LSNs, failover).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            user: "postgres".into(),
+            password: Secret::default(),
+            database: "postgres".into(),
+        }
+    }
+}
+
+/// How clients must authenticate to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum AuthMethod {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+impl AuthMethod {
+    const NAMES: [(&'static str, AuthMethod); 3] = [
+        ("trust", AuthMethod::Trust),
+        ("md5", AuthMethod::Md5),
+        ("scram-sha-256", AuthMethod::ScramSha256),
+    ];
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES
+            .iter()
+            .find(|(_, m)| m == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == s.trim())
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                format!("unknown auth method {s:?} (expected trust, md5 or scram-sha-256)")
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per (node, user, database): bounds the load pgrelay puts on
+    /// each PostgreSQL, whatever the number of clients.
+    pub size: usize,
+    #[serde(with = "units::duration")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 20,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_size: ByteSize,
+    pub max_clients: usize,
+    #[serde(with = "units::duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: ByteSize(64 << 20),
+            max_clients: 10_000,
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often each node's role is re-checked.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub replica_reads: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            replica_reads: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment's `PGRELAY_*` overrides, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse_named(&text, &file, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`] on text, with the environment injected so tests need not
+    /// touch the process environment. Errors name the source `<config>`.
+    pub fn parse(yaml: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Self::parse_named(yaml, "<config>", env)
+    }
+
+    /// [`Config::parse`] with the file name to put in error messages.
+    pub fn parse_named(
+        yaml: &str,
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let index = YamlIndex::build(yaml);
+        let mut config = if yaml.lines().all(is_blank_or_comment) {
+            // An empty file is a valid start when everything comes from the environment.
+            Config::default()
+        } else {
+            serde_saphyr::from_str::<Config>(yaml)
+                .map_err(|e| ConfigError::from_yaml(file, &index, &e))?
+        };
+        let from_env = env::apply(&mut config, &env)?;
+        validate::validate(&config).map_err(|v| v.locate(file, &index, &from_env))?;
+        Ok(config)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The method this user must authenticate with: its own, else the global one.
+    pub fn auth_for(&self, user: &UserConfig) -> AuthMethod {
+        user.auth.unwrap_or(self.auth)
+    }
+
+    /// The commented example configuration shipped with pgrelay (`--print-example`).
+    pub fn example() -> &'static str {
+        include_str!("../../../config.example.yaml")
+    }
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let line = line.trim();
+    line.is_empty() || line.starts_with('#') || line == "---"
+}

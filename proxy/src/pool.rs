@@ -1,0 +1,266 @@
+//! Backend pools, one per (node, user, database, startup parameters). A client session
+//! leases a connection for a transaction, or for one statement outside a transaction;
+//! that is what lets one session read from replicas and write to the primary.
+//!
+//! The pool bounds the number of connections with a semaphore and bounds how long a
+//! lease may wait for one, so an overloaded node produces a clear error, not a hang.
+
+use crate::backend::{BackendConn, BackendError, ConnectSpec};
+use router::NodeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("timed out after {waited:?} waiting for a free connection to node {node} (pool.size is {size})")]
+    Timeout {
+        node: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error("the pool is closed")]
+    Closed,
+    #[error(transparent)]
+    Connect(BackendError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Identifies which backends can serve a client: same node, same credentials, same
+/// startup parameters (so a client never sees another's client_encoding or DateStyle).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: NodeId,
+    pub user: String,
+    pub database: String,
+    pub params: Vec<(String, String)>,
+}
+
+pub struct Pool {
+    pub node_name: String,
+    spec: ConnectSpec,
+    settings: PoolSettings,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<BackendConn>>,
+    /// ParameterStatus values of the first connection made, reported to clients at login
+    /// without leasing a backend for every login.
+    startup_params: Mutex<Option<Vec<(String, String)>>>,
+}
+
+impl Pool {
+    fn new(node_name: String, spec: ConnectSpec, settings: PoolSettings) -> Self {
+        Pool {
+            node_name,
+            spec,
+            settings,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            idle: Mutex::new(Vec::new()),
+            startup_params: Mutex::new(None),
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.spec.node
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.spec.addr
+    }
+
+    /// Lease a connection: an idle one if a live one is there, else a new one.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        let waited = self.settings.acquire_timeout;
+        let permit = match tokio::time::timeout(waited, self.permits.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Err(_) => {
+                return Err(PoolError::Timeout {
+                    node: self.node_name.clone(),
+                    waited,
+                    size: self.settings.size,
+                })
+            }
+        };
+        while let Some(conn) = self.pop_idle() {
+            if conn.is_closed() || conn.last_used.elapsed() > self.settings.idle_timeout {
+                continue; // dropped: the socket closes
+            }
+            return Ok(Lease {
+                conn: Some(conn),
+                _permit: permit,
+                pool: self.clone(),
+            });
+        }
+        let conn = BackendConn::connect(&self.spec)
+            .await
+            .map_err(PoolError::Connect)?;
+        self.startup_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| conn.params.clone());
+        Ok(Lease {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+        })
+    }
+
+    /// The parameters a new client of this pool is told about, once a connection proved
+    /// that the node accepts these credentials.
+    pub async fn startup_params(self: &Arc<Self>) -> Result<Vec<(String, String)>, PoolError> {
+        if let Some(p) = self
+            .startup_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(p);
+        }
+        let lease = self.acquire().await?;
+        let params = lease.conn_ref().params.clone();
+        lease.release();
+        Ok(params)
+    }
+
+    fn pop_idle(&self) -> Option<BackendConn> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn push_idle(&self, mut conn: BackendConn) {
+        conn.last_used = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+    }
+
+    /// Drop every idle connection (a node went down: they are dead or soon will be).
+    pub fn clear_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.settings.size - self.permits.available_permits()
+    }
+}
+
+/// A connection on loan to one session. Dropping a lease without `release` closes the
+/// connection: only a connection known to be clean goes back to the pool.
+pub struct Lease {
+    conn: Option<BackendConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn conn(&mut self) -> &mut BackendConn {
+        // Invariant: `conn` is Some until `release` consumes the lease.
+        self.conn
+            .as_mut()
+            .expect("lease holds a connection until released")
+    }
+
+    pub fn conn_ref(&self) -> &BackendConn {
+        self.conn
+            .as_ref()
+            .expect("lease holds a connection until released")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.pool.node()
+    }
+
+    /// Return a clean connection (at ReadyForQuery, idle, nothing buffered) to the pool.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.rbuf.is_empty() {
+                self.pool.push_idle(conn);
+            }
+        }
+    }
+}
+
+/// All pools of the process, created on first use.
+pub struct Pools {
+    settings: PoolSettings,
+    connect_timeout: Duration,
+    max_message: usize,
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings, connect_timeout: Duration, max_message: usize) -> Self {
+        Pools {
+            settings,
+            connect_timeout,
+            max_message,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `key`, created if needed. Sessions cache the result per node, so this
+    /// lock is taken once per session and node, not per statement.
+    pub fn get(
+        &self,
+        key: &PoolKey,
+        node_name: &str,
+        addr: &str,
+        password: Option<&str>,
+    ) -> Arc<Pool> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = map.get(key) {
+            return pool.clone();
+        }
+        let spec = ConnectSpec {
+            node: key.node,
+            addr: addr.to_string(),
+            user: key.user.clone(),
+            password: password.map(str::to_string),
+            database: key.database.clone(),
+            params: key.params.clone(),
+            connect_timeout: self.connect_timeout,
+            max_message: self.max_message,
+        };
+        let pool = Arc::new(Pool::new(node_name.to_string(), spec, self.settings));
+        map.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    /// Drop idle connections of every pool on `node`.
+    pub fn clear_node(&self, node: NodeId) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in map.values().filter(|p| p.node() == node) {
+            pool.clear_idle();
+        }
+    }
+
+    /// (node, idle, in use) summed over pools, for logs and the admin API.
+    pub fn usage(&self) -> Vec<(NodeId, usize, usize)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: HashMap<NodeId, (usize, usize)> = HashMap::new();
+        for pool in map.values() {
+            let e = out.entry(pool.node()).or_default();
+            e.0 += pool.idle_count();
+            e.1 += pool.in_use();
+        }
+        let mut v: Vec<_> = out.into_iter().map(|(n, (i, u))| (n, i, u)).collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+}

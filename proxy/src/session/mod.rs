@@ -1,0 +1,72 @@
+//! One client session: login (`startup`), then the data path (`engine`), with the
+//! statement cache, the expectation queue and unit routing as pure helpers.
+
+pub mod engine;
+pub mod expect;
+pub mod route;
+pub mod startup;
+pub mod statements;
+
+use crate::cancel::CancelRegistry;
+use crate::config::AuthMethod;
+use crate::pool::Pools;
+use health::SharedTopology;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+pub struct NodeInfo {
+    pub name: String,
+    pub addr: String,
+}
+
+/// A configured user, with the SCRAM secrets derived once at start-up.
+pub struct UserAuth {
+    pub password: String,
+    pub method: AuthMethod,
+    pub scram: protocol::auth::ScramVerifier,
+}
+
+/// State shared by every session of the process.
+pub struct Shared {
+    pub nodes: Vec<NodeInfo>,
+    pub users: HashMap<String, UserAuth>,
+    pub topology: SharedTopology,
+    pub pools: Pools,
+    pub cancels: Arc<CancelRegistry>,
+    pub spread: AtomicU64,
+    pub max_message: usize,
+    pub backend_max_message: usize,
+    pub startup_timeout: Duration,
+    pub cancel_timeout: Duration,
+    pub replica_reads: bool,
+    pub pinned_sessions: AtomicI64,
+    pub read_only_retries: AtomicU64,
+}
+
+/// Serve one client connection from its first byte to its last.
+pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, ctx: Arc<Shared>) {
+    let login =
+        tokio::time::timeout(ctx.startup_timeout, startup::handshake(&mut client, &ctx)).await;
+    let outcome = match login {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "login refused");
+            let _ = client.write_all(&e.to_message(true)).await;
+            return;
+        }
+        Err(_) => {
+            let e = crate::errors::ClientError::StartupTimeout(ctx.startup_timeout);
+            let _ = client.write_all(&e.to_message(true)).await;
+            return;
+        }
+    };
+    if let startup::Outcome::Session(id, reg, rest) = outcome {
+        let user = id.user.clone();
+        if let Err(e) = engine::Engine::new(client, ctx, id, reg, rest).run().await {
+            tracing::info!(%user, error = %e, "session ended with an error");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Which statements a unit of client messages contains, and so where it may run.
+//! A unit is what the client sends up to a point where it waits for answers: a simple
+//! Query, a FunctionCall, or extended-protocol messages up to Sync or Flush.
+
+use super::statements::Statements;
+use protocol::Frame;
+use router::{classify, Class};
+
+/// Frames after which the client may wait for answers: the unit can be routed.
+pub fn is_boundary(tag: u8) -> bool {
+    matches!(tag, b'S' | b'Q' | b'F' | b'H')
+}
+
+/// Ends a unit for good (a Flush keeps the unit open on its backend).
+pub fn ends_unit(tag: u8) -> bool {
+    matches!(tag, b'S' | b'Q' | b'F')
+}
+
+/// The strongest requirement among the unit's statements: Pin over Write over Read.
+/// Anything pgrelay cannot read is treated as a write, so it runs on the primary.
+pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
+    let mut class = Class::Read;
+    for f in frames {
+        let c = match f.tag() {
+            b'Q' => protocol::frontend::query(f)
+                .map(classify)
+                .unwrap_or(Class::Write),
+            b'P' => protocol::frontend::parse(f)
+                .map(|p| classify(p.sql))
+                .unwrap_or(Class::Write),
+            b'B' => match protocol::frontend::bind(f) {
+                Ok(b) => stmts.get(b.statement).map_or(Class::Read, |s| s.class),
+                Err(_) => Class::Write,
+            },
+            b'D' => match protocol::frontend::describe(f) {
+                Ok(d) if d.kind == protocol::ObjectKind::Statement => {
+                    stmts.get(d.name).map_or(Class::Read, |s| s.class)
+                }
+                Ok(_) => Class::Read,
+                Err(_) => Class::Write,
+            },
+            b'E' | b'C' | b'S' | b'H' => Class::Read,
+            // FunctionCall, COPY data outside COPY, anything unknown: the primary decides.
+            _ => Class::Write,
+        };
+        class = stronger(class, c);
+    }
+    class
+}
+
+pub fn stronger(a: Class, b: Class) -> Class {
+    match (a, b) {
+        (Class::Pin(r), _) | (_, Class::Pin(r)) => Class::Pin(r),
+        (Class::Write, _) | (_, Class::Write) => Class::Write,
+        _ => Class::Read,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use router::PinReason;
+
+    #[test]
+    fn strongest_class_wins() {
+        let set = Class::Pin(PinReason::Set);
+        let cases = [
+            (Class::Read, Class::Read, Class::Read),
+            (Class::Read, Class::Write, Class::Write),
+            (Class::Write, Class::Read, Class::Write),
+            (Class::Write, set, set),
+            (set, Class::Read, set),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(stronger(a, b), want, "{a:?} + {b:?}");
+        }
+    }
+
+    #[test]
+    fn boundaries() {
+        for (tag, boundary, ends) in [
+            (b'S', true, true),
+            (b'Q', true, true),
+            (b'F', true, true),
+            (b'H', true, false),
+            (b'P', false, false),
+            (b'd', false, false),
+        ] {
+            assert_eq!(is_boundary(tag), boundary, "{}", tag as char);
+            assert_eq!(ends_unit(tag), ends, "{}", tag as char);
+        }
+    }
+}
