@@ -24,6 +24,7 @@ pub async fn start(cfg: ClusterConfig) -> Env {
 
 /// Like [`start`], letting the test adjust the proxy's configuration.
 pub async fn start_with(cfg: ClusterConfig, tweak: impl FnOnce(&mut Config)) -> Env {
+    init_logs();
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(cfg))
         .await
         .expect("cluster task")
@@ -40,6 +41,17 @@ pub async fn start_with(cfg: ClusterConfig, tweak: impl FnOnce(&mut Config)) -> 
         .await
         .expect("proxy starts");
     Env { proxy, cluster }
+}
+
+/// Proxy logs go to the test's captured output (shown when it fails); `RUST_LOG` tunes
+/// them, warnings by default.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 impl Env {

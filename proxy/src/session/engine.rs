@@ -7,7 +7,7 @@
 //! expectation queue counts). DataRow is never decoded.
 
 use super::expect::{Expect, Expectations};
-use super::route::{ends_unit, is_boundary, unit_class};
+use super::route::{ends_unit, is_boundary, is_session_message, unit_class};
 use super::statements::{backend_name, Statement, Statements};
 use super::Shared;
 use crate::cancel::Registration;
@@ -159,6 +159,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if frame.tag() == b'X' {
                 self.closing = true;
                 return Ok(());
+            }
+            if !is_session_message(frame.tag()) {
+                // As PostgreSQL does: an unknown type means the stream is out of step.
+                return Err(ClientError::UnexpectedMessage(frame.tag() as char));
             }
             if self.client_skip {
                 if frame.tag() == b'S' {
@@ -464,7 +468,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.wbuf.extend_from_slice(f.as_bytes());
                 due = self.exp.push(Expect::Query);
             }
-            b'H' | b'd' | b'c' | b'f' => self.wbuf.extend_from_slice(f.as_bytes()),
+            b'c' | b'f' => {
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::CopyEnd);
+            }
+            b'H' | b'd' => self.wbuf.extend_from_slice(f.as_bytes()),
             other => return Err(ClientError::UnexpectedMessage(other as char)),
         }
         for b in due {

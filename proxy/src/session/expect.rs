@@ -27,6 +27,10 @@ pub enum Expect {
     Query,
     /// An answer pgrelay gives itself, sent to the client when it reaches the front.
     Synth(Bytes),
+    /// Not an answer: where the client's CopyDone/CopyFail sits in the stream, sent
+    /// before the backend announced COPY IN. It tells which earlier Syncs the backend
+    /// will ignore (PostgreSQL ignores Sync and Flush during copy-in).
+    CopyEnd,
 }
 
 /// What to do with one backend message.
@@ -47,6 +51,9 @@ pub struct Expectations {
     /// The backend reported an error in an extended-protocol batch whose Sync has not
     /// been sent yet: it ignores everything until that Sync, and so do we.
     skipping: bool,
+    /// The backend is in extended-protocol COPY IN and the client has not ended it yet:
+    /// Syncs sent now are ignored by the backend, so they owe nothing.
+    copy_in: bool,
 }
 
 impl Expectations {
@@ -61,6 +68,7 @@ impl Expectations {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.skipping = false;
+        self.copy_in = false;
     }
 
     /// Outstanding Sync/Query entries: each owes the client one ReadyForQuery.
@@ -74,11 +82,55 @@ impl Expectations {
     /// Record a message sent to the backend. Returns answers that are due right away
     /// (a synthesized answer with nothing in front of it).
     pub fn push(&mut self, e: Expect) -> Vec<Bytes> {
-        if matches!(e, Expect::Sync) {
-            self.skipping = false;
+        match e {
+            Expect::Sync if self.copy_in => return Vec::new(),
+            Expect::CopyEnd if self.copy_in => {
+                self.copy_in = false;
+                return Vec::new();
+            }
+            // A copy end with nothing in front of it ends no COPY: nothing to mark.
+            Expect::CopyEnd if self.queue.is_empty() => return Vec::new(),
+            Expect::Sync => self.skipping = false,
+            _ => {}
         }
         self.queue.push_back(e);
         self.drain_synth()
+    }
+
+    /// The backend entered COPY IN for the message at the front. For an Execute, the
+    /// Syncs the client sent before its CopyDone/CopyFail will be ignored: drop them,
+    /// and drop further ones until the copy ends.
+    fn copy_in_started(&mut self) {
+        let extended = matches!(self.queue.front(), Some(Expect::Execute));
+        let end = self.queue.iter().position(|e| matches!(e, Expect::CopyEnd));
+        let stop = end.unwrap_or(self.queue.len());
+        if extended {
+            let mut i = 1;
+            let mut stop = stop;
+            while i < stop {
+                if matches!(self.queue[i], Expect::Sync) {
+                    self.queue.remove(i);
+                    stop -= 1;
+                } else {
+                    i += 1;
+                }
+            }
+            match end {
+                Some(_) => {
+                    self.queue.remove(stop);
+                }
+                None => self.copy_in = true,
+            }
+        } else if let Some(i) = end {
+            self.queue.remove(i);
+        }
+    }
+
+    /// Markers only matter while the message in front of them runs.
+    fn settle(&mut self) {
+        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
+            self.queue.pop_front();
+        }
     }
 
     fn drain_synth(&mut self) -> Vec<Bytes> {
@@ -101,6 +153,11 @@ impl Expectations {
         if matches!(tag, b'N' | b'S' | b'A') {
             return out;
         }
+        self.settle();
+        if tag == b'G' {
+            self.copy_in_started();
+            return out;
+        }
         let Some(front) = self.queue.front() else {
             return out;
         };
@@ -111,10 +168,14 @@ impl Expectations {
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
-            Expect::Synth(_) => false,
+            Expect::Synth(_) | Expect::CopyEnd => false,
         };
         if let Expect::Parse { forward: false, .. } = front {
             out.forward = tag == b'E';
+        }
+        if tag == b'E' {
+            // A failed COPY IN is over; the backend honours the next Sync again.
+            self.copy_in = false;
         }
         if tag == b'E' && !matches!(front, Expect::Sync | Expect::Query) {
             // An error ends this message and makes the backend skip to the next Sync.
@@ -139,6 +200,7 @@ impl Expectations {
             self.queue.pop_front();
             out.ready = tag == b'Z';
             out.synth = self.drain_synth();
+            self.settle();
         }
         out
     }
@@ -256,6 +318,63 @@ mod tests {
             let seen = run(&mut e, tags);
             assert_eq!(seen.last().map(String::as_str), Some("<x>"), "{tags:?}");
         }
+    }
+
+    /// tokio-postgres sends Bind/Execute/Sync and waits for CopyInResponse; the Sync is
+    /// ignored by the backend and only the one after CopyDone is answered.
+    #[test]
+    fn syncs_during_extended_copy_in_owe_nothing() {
+        let mut e = Expectations::default();
+        e.push(Expect::Bind);
+        e.push(Expect::Execute);
+        e.push(Expect::Sync);
+        assert_eq!(run(&mut e, b"2G"), ["2", "G"]);
+        e.push(Expect::Sync); // a second stray Sync while copying
+        e.push(Expect::CopyEnd);
+        e.push(Expect::Sync);
+        assert_eq!(e.pending_ready(), 1);
+        assert_eq!(run(&mut e, b"CZ"), ["C", "Z"]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn pipelined_copy_in_keeps_the_sync_after_copy_done() {
+        let mut e = Expectations::default();
+        for x in [
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+            Expect::CopyEnd,
+            Expect::Sync,
+        ] {
+            e.push(x);
+        }
+        assert_eq!(run(&mut e, b"2GCZ"), ["2", "G", "C", "Z"]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn failed_extended_copy_in_skips_to_the_next_sync() {
+        let mut e = Expectations::default();
+        e.push(Expect::Bind);
+        e.push(Expect::Execute);
+        e.push(Expect::Sync);
+        run(&mut e, b"2G");
+        assert_eq!(run(&mut e, b"E"), ["E"]);
+        assert!(e.skipping());
+        e.push(Expect::Sync);
+        assert_eq!(run(&mut e, b"Z"), ["Z"]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn simple_copy_in_leaves_no_marker_behind() {
+        let mut e = Expectations::default();
+        e.push(Expect::Query);
+        run(&mut e, b"G");
+        e.push(Expect::CopyEnd);
+        assert_eq!(run(&mut e, b"CZ"), ["C", "Z"]);
+        assert!(e.is_empty());
     }
 
     #[test]

@@ -6,6 +6,15 @@ use super::statements::Statements;
 use protocol::Frame;
 use router::{classify, Class};
 
+/// Message types a client may send once logged in. Anything else is refused before
+/// it is queued, so garbage never reaches a backend.
+pub fn is_session_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
+}
+
 /// Frames after which the client may wait for answers: the unit can be routed.
 pub fn is_boundary(tag: u8) -> bool {
     matches!(tag, b'S' | b'Q' | b'F' | b'H')
