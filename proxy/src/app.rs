@@ -86,9 +86,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         database: config.control.database.clone(),
     };
     let initial = health::discover(&specs, &creds, config.health.timeout).await;
-    for n in &initial.nodes {
-        tracing::info!(node = %n.name, addr = %n.addr, role = ?n.role, up = n.up, "discovered node");
-    }
     if initial.primary().is_none() {
         tracing::warn!("no primary found yet; writes fail until one is reachable");
     }

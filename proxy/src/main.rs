@@ -56,11 +56,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn ctrl_c() {
+/// Ctrl-C or SIGTERM (what Kubernetes sends) both mean a clean shutdown.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with causes), never a backtrace: this is for operators.
+            eprintln!("pgrelay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Validate configuration before anything else (no port is bound by a bad config).
     let config = match (&cli.command, &cli.config) {
@@ -93,18 +116,18 @@ fn main() -> anyhow::Result<()> {
                     admin_listen,
                     replicas,
                 };
-                pgrelay::demo::run(opts, ctrl_c())
+                pgrelay::demo::run(opts, stop_signal())
                     .await
                     .context("demo failed")?;
             }
             (_, Some(config)) => {
                 let listeners = pgrelay::app::Listeners::bind(&config).await?;
                 let handle = pgrelay::app::start(config, listeners).await?;
-                ctrl_c().await;
+                stop_signal().await;
                 tracing::info!("shutting down");
                 handle.shutdown().await?;
             }
-            (_, None) => unreachable!("configuration was checked above"),
+            (_, None) => anyhow::bail!("no configuration"),
         }
         Ok(())
     })

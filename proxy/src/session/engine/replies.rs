@@ -1,0 +1,144 @@
+//! Backend messages on their way to the client: forwarded unchanged unless pgrelay must
+//! hide or add an answer, plus what happens when the backend is done or gone.
+
+use super::*;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
+    /// Handle every whole message the backend sent.
+    pub(super) fn process_backend(&mut self) -> Result<(), ClientError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let conn = lease.conn();
+        while let Some(frame) = protocol::parse_frame(&mut conn.rbuf, self.ctx.backend_max_message)
+            .map_err(|e| ClientError::Backend(e.into()))?
+        {
+            let tag = frame.tag();
+            if tag == b'E' {
+                let fields = protocol::backend::error_fields(&frame).ok();
+                self.last_error_fatal = fields.as_ref().is_some_and(|f| f.is_fatal());
+                let read_only = fields.as_ref().is_some_and(|f| f.code == Some("25006"));
+                if read_only && self.retrying.is_none() {
+                    if let Some(hold) = self.hold.take() {
+                        // Undo everything this unit produced; it runs again on the primary.
+                        self.out.truncate(hold.mark);
+                        self.retrying = Some(hold.frames);
+                        self.ctx.read_only_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let o = self.exp.on_backend(tag);
+            for name in &o.unprepared {
+                conn.prepared.remove(name);
+            }
+            if self.retrying.is_some() {
+                continue; // swallowing the replica's answer
+            }
+            if tag == b'S' {
+                if let Ok((k, v)) = protocol::backend::parameter_status(&frame) {
+                    crate::backend::set_param(&mut conn.params, k, v);
+                }
+            }
+            if o.forward {
+                self.out.extend_from_slice(frame.as_bytes());
+            }
+            for s in o.synth {
+                self.out.extend_from_slice(&s);
+            }
+            if o.ready {
+                self.tx =
+                    protocol::backend::ready_for_query_status(&frame).unwrap_or(TxStatus::Idle);
+                if self.exp.is_empty() {
+                    self.hold = None;
+                }
+            }
+        }
+        if let Some(hold) = &self.hold {
+            if self.out.len() - hold.mark > HOLD_CAP {
+                self.hold = None; // too big to hold back; no retry for this one
+            }
+        }
+        Ok(())
+    }
+
+    /// After backend traffic: give the lease back when the transaction is over, re-run a
+    /// refused read on the primary, and move queued units along.
+    pub(super) async fn after_backend(&mut self) -> Result<(), ClientError> {
+        if self.lease.is_some()
+            && self.exp.is_empty()
+            && !self.streaming
+            && self.tx == TxStatus::Idle
+        {
+            if let Some(frames) = self.retrying.take() {
+                self.release();
+                for f in frames.into_iter().rev() {
+                    self.queued_bytes += f.len();
+                    self.queued.push_front(f);
+                }
+                self.force_primary = true;
+            } else if self.pinned.is_none() {
+                self.release();
+            }
+        }
+        if !self.queued.is_empty() {
+            self.dispatch().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+        self.route = None;
+        self.cancel.slot.clear();
+    }
+
+    /// The backend went away mid-session. The client hears about it with an error and a
+    /// ReadyForQuery for everything it is waiting on, and keeps its session.
+    pub(super) fn backend_lost(&mut self) {
+        let node = self
+            .lease
+            .as_ref()
+            .map(|l| l.pool().node_name.clone())
+            .unwrap_or_default();
+        tracing::warn!(%node, user = %self.id.user, "backend connection lost");
+        let owed = self.exp.pending_ready();
+        self.exp.clear();
+        self.lease = None; // dropped, not returned: its state is unknown
+        self.route = None;
+        self.cancel.slot.clear();
+        self.hold = None;
+        self.streaming = false;
+        if let Some(frames) = self.retrying.take() {
+            // The replica died while refusing a write: just run it on the primary.
+            for f in frames.into_iter().rev() {
+                self.queued_bytes += f.len();
+                self.queued.push_front(f);
+            }
+            self.force_primary = true;
+            return;
+        }
+        if !self.last_error_fatal {
+            let mut msg = format!("connection to node {node} was lost");
+            if self.tx != TxStatus::Idle {
+                msg.push_str("; the transaction was rolled back");
+            }
+            if let Some(reason) = self.pinned {
+                msg.push_str(&format!("; session state ({reason}) on it was lost"));
+            }
+            self.out
+                .extend_from_slice(&crate::errors::error("08006", &msg));
+        }
+        self.last_error_fatal = false;
+        self.unpin();
+        self.tx = TxStatus::Idle;
+        if owed == 0 {
+            self.client_skip = true;
+        }
+        for _ in 0..owed {
+            self.out
+                .extend_from_slice(&protocol::backend::ready_for_query(TxStatus::Idle));
+        }
+    }
+}

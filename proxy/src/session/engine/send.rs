@@ -1,0 +1,203 @@
+//! Client messages on their way to a backend: statement names rewritten, statements the
+//! backend lacks prepared on the fly, and every message recorded in the expectations so
+//! the answers can be matched up.
+
+use super::*;
+use bytes::BufMut;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
+    /// Translate one client message for the leased backend and record what it owes.
+    pub(super) fn send(&mut self, f: Frame) -> Result<(), ClientError> {
+        let tag = f.tag();
+        if self.exp.skipping() && tag != b'S' {
+            return Ok(()); // the backend would ignore it until Sync, as PostgreSQL does
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(ClientError::NoNode);
+        };
+        let conn = lease.conn();
+        let mut due = Vec::new();
+        let mut pin = None;
+        match tag {
+            b'P' => {
+                let p = protocol::frontend::parse(&f)?;
+                let class = router::classify(p.sql);
+                if let Class::Pin(r) = class {
+                    pin = Some(r);
+                }
+                if p.name.is_empty() {
+                    let stmt = Statement::new("".into(), f.as_bytes().clone(), class);
+                    conn.unnamed = Some(stmt.id);
+                    self.stmts.insert("", stmt);
+                    self.wbuf.extend_from_slice(f.as_bytes());
+                    due = self.exp.push(Expect::Parse {
+                        prepared: None,
+                        forward: true,
+                    });
+                } else {
+                    let name = backend_name(p.sql, p.param_types);
+                    let parse = protocol::frontend::rewrite_parse_name(&f, &name)?;
+                    let client_name = p.name.to_string();
+                    let stmt = Statement::new(name.clone(), parse.clone(), class);
+                    self.stmts.insert(&client_name, stmt);
+                    if conn.prepared.contains(&name) {
+                        due = self
+                            .exp
+                            .push(Expect::Synth(protocol::backend::parse_complete()));
+                    } else {
+                        conn.prepared.insert(name.clone());
+                        self.wbuf.extend_from_slice(&parse);
+                        due = self.exp.push(Expect::Parse {
+                            prepared: Some(name),
+                            forward: true,
+                        });
+                    }
+                }
+            }
+            b'B' => {
+                let b = protocol::frontend::bind(&f)?;
+                match self.stmts.get(b.statement).cloned() {
+                    Some(stmt) => {
+                        ensure_prepared(conn, &stmt, &mut self.wbuf, &mut self.exp);
+                        if stmt.is_unnamed() {
+                            self.wbuf.extend_from_slice(f.as_bytes());
+                        } else {
+                            self.wbuf.extend_from_slice(
+                                &protocol::frontend::rewrite_bind_statement(
+                                    &f,
+                                    &stmt.backend_name,
+                                )?,
+                            );
+                        }
+                    }
+                    None => self.wbuf.extend_from_slice(f.as_bytes()),
+                }
+                due = self.exp.push(Expect::Bind);
+            }
+            b'D' | b'C' => {
+                let d = if tag == b'D' {
+                    protocol::frontend::describe(&f)?
+                } else {
+                    protocol::frontend::close(&f)?
+                };
+                if d.kind == ObjectKind::Statement {
+                    let stmt = self.stmts.get(d.name).cloned();
+                    if tag == b'C' {
+                        // Server-side statements are shared by name; the client's is gone.
+                        let name = d.name.to_string();
+                        self.stmts.remove(&name);
+                        due = self
+                            .exp
+                            .push(Expect::Synth(protocol::backend::close_complete()));
+                    } else {
+                        match stmt {
+                            Some(stmt) => {
+                                ensure_prepared(conn, &stmt, &mut self.wbuf, &mut self.exp);
+                                if stmt.is_unnamed() {
+                                    self.wbuf.extend_from_slice(f.as_bytes());
+                                } else {
+                                    self.wbuf.extend_from_slice(
+                                        &protocol::frontend::rewrite_describe_or_close_name(
+                                            &f,
+                                            &stmt.backend_name,
+                                        )?,
+                                    );
+                                }
+                            }
+                            None => self.wbuf.extend_from_slice(f.as_bytes()),
+                        }
+                        due = self.exp.push(Expect::Describe);
+                    }
+                } else {
+                    self.wbuf.extend_from_slice(f.as_bytes());
+                    due = self.exp.push(if tag == b'D' {
+                        Expect::Describe
+                    } else {
+                        Expect::Close
+                    });
+                }
+            }
+            b'E' => {
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::Execute);
+            }
+            b'S' => {
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::Sync);
+            }
+            b'Q' => {
+                let sql = protocol::frontend::query(&f)?;
+                if let Class::Pin(r) = router::classify(sql) {
+                    pin = Some(r);
+                }
+                if drops_statements(sql) {
+                    // The server forgets every prepared statement; so must we.
+                    conn.prepared.clear();
+                }
+                conn.unnamed = None;
+                self.stmts.forget_unnamed();
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::Query);
+            }
+            b'F' => {
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::Query);
+            }
+            b'c' | b'f' => {
+                self.wbuf.extend_from_slice(f.as_bytes());
+                due = self.exp.push(Expect::CopyEnd);
+            }
+            b'H' | b'd' => self.wbuf.extend_from_slice(f.as_bytes()),
+            other => return Err(ClientError::UnexpectedMessage(other as char)),
+        }
+        for b in due {
+            self.out.extend_from_slice(&b);
+        }
+        if let Some(reason) = pin {
+            self.pin(reason);
+        }
+        if is_boundary(tag) {
+            self.streaming = tag == b'H';
+        } else if !matches!(tag, b'd' | b'c' | b'f') {
+            self.streaming = true;
+        }
+        Ok(())
+    }
+}
+
+/// Make sure `stmt` exists on this backend, injecting its Parse (whose answer the client
+/// must not see) if it does not.
+fn ensure_prepared(
+    conn: &mut crate::backend::BackendConn,
+    stmt: &Statement,
+    wbuf: &mut BytesMut,
+    exp: &mut Expectations,
+) {
+    if stmt.is_unnamed() {
+        if conn.unnamed == Some(stmt.id) {
+            return;
+        }
+        conn.unnamed = Some(stmt.id);
+        wbuf.extend_from_slice(&stmt.parse);
+        exp.push(Expect::Parse {
+            prepared: None,
+            forward: false,
+        });
+    } else if !conn.prepared.contains(&stmt.backend_name) {
+        conn.prepared.insert(stmt.backend_name.clone());
+        wbuf.put_slice(&stmt.parse);
+        exp.push(Expect::Parse {
+            prepared: Some(stmt.backend_name.clone()),
+            forward: false,
+        });
+    }
+}
+
+/// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server. Any
+/// DISCARD or DEALLOCATE is treated so: being wrong only costs a re-prepare.
+fn drops_statements(sql: &str) -> bool {
+    let head = sql.trim_start();
+    let head = head.get(..10).unwrap_or(head);
+    let lower = head.to_ascii_lowercase();
+    lower.starts_with("discard") || lower.starts_with("deallocate")
+}
