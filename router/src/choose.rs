@@ -63,18 +63,10 @@ pub fn choose(topology: &Topology, class: Class, spread: u64) -> Result<Route, N
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Epoch, NodeStatus, PinReason, Role};
+    use crate::{Epoch, PinReason, Role};
     use proptest::prelude::*;
 
-    fn node(id: usize, role: Role, up: bool) -> NodeStatus {
-        NodeStatus {
-            id: NodeId(id),
-            name: format!("pg{id}"),
-            addr: String::new(),
-            role,
-            up,
-        }
-    }
+    use crate::types::tests::node;
 
     fn topo(nodes: &[(Role, bool)]) -> Topology {
         let nodes = nodes

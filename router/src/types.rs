@@ -108,7 +108,7 @@ impl Topology {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -128,7 +128,8 @@ mod tests {
         }
     }
 
-    fn node(id: usize, role: Role, up: bool) -> NodeStatus {
+    /// A node for tests; shared with the other modules' tests.
+    pub(crate) fn node(id: usize, role: Role, up: bool) -> NodeStatus {
         NodeStatus {
             id: NodeId(id),
             name: format!("pg{id}"),

@@ -56,22 +56,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             b'B' => {
                 let b = protocol::frontend::bind(&f)?;
-                match self.stmts.get(b.statement).cloned() {
-                    Some(stmt) => {
-                        ensure_prepared(conn, &stmt, &mut self.wbuf, &mut self.exp);
-                        if stmt.is_unnamed() {
-                            self.wbuf.extend_from_slice(f.as_bytes());
-                        } else {
-                            self.wbuf.extend_from_slice(
-                                &protocol::frontend::rewrite_bind_statement(
-                                    &f,
-                                    &stmt.backend_name,
-                                )?,
-                            );
-                        }
-                    }
-                    None => self.wbuf.extend_from_slice(f.as_bytes()),
-                }
+                let stmt = self.stmts.get(b.statement).map(|s| &**s);
+                forward_renamed(
+                    conn,
+                    stmt,
+                    &f,
+                    protocol::frontend::rewrite_bind_statement,
+                    &mut self.wbuf,
+                    &mut self.exp,
+                )?;
                 due = self.exp.push(Expect::Bind);
             }
             b'D' | b'C' => {
@@ -90,22 +83,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                             .exp
                             .push(Expect::Synth(protocol::backend::close_complete()));
                     } else {
-                        match stmt {
-                            Some(stmt) => {
-                                ensure_prepared(conn, &stmt, &mut self.wbuf, &mut self.exp);
-                                if stmt.is_unnamed() {
-                                    self.wbuf.extend_from_slice(f.as_bytes());
-                                } else {
-                                    self.wbuf.extend_from_slice(
-                                        &protocol::frontend::rewrite_describe_or_close_name(
-                                            &f,
-                                            &stmt.backend_name,
-                                        )?,
-                                    );
-                                }
-                            }
-                            None => self.wbuf.extend_from_slice(f.as_bytes()),
-                        }
+                        forward_renamed(
+                            conn,
+                            stmt.as_deref(),
+                            &f,
+                            protocol::frontend::rewrite_describe_or_close_name,
+                            &mut self.wbuf,
+                            &mut self.exp,
+                        )?;
                         due = self.exp.push(Expect::Describe);
                     }
                 } else {
@@ -163,6 +148,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
         Ok(())
     }
+}
+
+/// Send `f`, which names the client statement `stmt`, under the name the statement has
+/// on the backend, preparing it there first if needed. A statement pgrelay does not know
+/// goes as it is, so PostgreSQL answers with its own "does not exist" error.
+fn forward_renamed(
+    conn: &mut crate::backend::BackendConn,
+    stmt: Option<&Statement>,
+    f: &Frame,
+    rename: fn(&Frame, &str) -> Result<bytes::Bytes, protocol::DecodeError>,
+    wbuf: &mut BytesMut,
+    exp: &mut Expectations,
+) -> Result<(), ClientError> {
+    match stmt {
+        Some(stmt) => {
+            ensure_prepared(conn, stmt, wbuf, exp);
+            if stmt.is_unnamed() {
+                wbuf.extend_from_slice(f.as_bytes());
+            } else {
+                wbuf.extend_from_slice(&rename(f, &stmt.backend_name)?);
+            }
+        }
+        None => wbuf.extend_from_slice(f.as_bytes()),
+    }
+    Ok(())
 }
 
 /// Make sure `stmt` exists on this backend, injecting its Parse (whose answer the client
