@@ -139,6 +139,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         cancel_timeout: Duration::from_secs(5),
         replica_reads: config.routing.replica_reads,
         pinned_sessions: Default::default(),
+        pins_total: Default::default(),
+        prepared_limit: config.pool.prepared_statements_limit,
         read_only_retries: Default::default(),
     });
 

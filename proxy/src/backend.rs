@@ -6,7 +6,6 @@ use bytes::{Bytes, BytesMut};
 use protocol::backend::{AuthRequest, ErrorFields};
 use protocol::{Frame, FrameError};
 use router::NodeId;
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,7 +97,11 @@ pub struct BackendConn {
     /// ParameterStatus values reported at startup (and updated as they change).
     pub params: Vec<(String, String)>,
     /// Proxy-wide statement names already prepared on this connection.
-    pub prepared: HashSet<Box<str>>,
+    pub prepared: crate::prepared::PreparedCache,
+    /// Session settings in force here, as last read back or set by pgrelay.
+    pub settings: crate::session::settings::Settings,
+    /// Its state is no longer known (a hidden statement failed): close, don't pool.
+    pub discard: bool,
     /// Identity of the session statement currently in the unnamed slot, if any.
     pub unnamed: Option<u64>,
     pub created: Instant,
@@ -180,7 +183,9 @@ impl BackendConn {
             node: spec.node,
             cancel,
             params,
-            prepared: HashSet::new(),
+            prepared: Default::default(),
+            settings: Vec::new(),
+            discard: false,
             unnamed: None,
             created: now,
             last_used: now,

@@ -13,4 +13,5 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod pool;
+pub mod prepared;
 pub mod session;

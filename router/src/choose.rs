@@ -44,7 +44,7 @@ pub fn choose(topology: &Topology, class: Class, spread: u64) -> Result<Route, N
             .ok_or(NoNode::NoPrimary)
     };
     match class {
-        Class::Write | Class::Pin(_) => primary(),
+        Class::Write | Class::Session | Class::Pin(_) => primary(),
         Class::Read => {
             let count = topology.replicas().count();
             if count == 0 {
@@ -82,7 +82,7 @@ mod tests {
     }
 
     use Role::{Primary as P, Replica as Rp, Unknown as U};
-    const PIN: Class = Class::Pin(PinReason::Set);
+    const PIN: Class = Class::Pin(PinReason::Listen);
 
     #[test]
     fn routes_by_class_and_availability() {

@@ -25,6 +25,10 @@ pub enum Class {
     Read,
     /// Must run on the primary (anything not provably read-only).
     Write,
+    /// Changes session settings (`SET`, `RESET`, `set_config(.., false)`, `DISCARD
+    /// ALL`): runs on the primary, after which the proxy reads the session's settings
+    /// back so they follow it to every backend it is given. No pin needed.
+    Session,
     /// Leaves session state on the backend beyond the transaction, so the session must
     /// stay on one primary backend from now on.
     Pin(PinReason),
@@ -33,8 +37,6 @@ pub enum Class {
 /// Why a statement pins its session; short and stable, for logs and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PinReason {
-    /// `SET`, `RESET`, `set_config(.., false)`.
-    Set,
     /// SQL-level `PREPARE`.
     Prepare,
     Listen,
@@ -52,7 +54,6 @@ pub enum PinReason {
 impl PinReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            PinReason::Set => "set",
             PinReason::Prepare => "prepare",
             PinReason::Listen => "listen",
             PinReason::TempTable => "temp_table",
@@ -75,6 +76,7 @@ impl fmt::Display for Class {
         match self {
             Class::Read => f.write_str("read"),
             Class::Write => f.write_str("write"),
+            Class::Session => f.write_str("session"),
             Class::Pin(reason) => write!(f, "pin:{reason}"),
         }
     }
@@ -92,12 +94,13 @@ impl Class {
         }
     }
 
-    /// How strongly this ties the statement to the primary: Read < Write < Pin.
+    /// How strongly this ties the statement to the primary: Read < Write < Session < Pin.
     fn rank(self) -> u8 {
         match self {
             Class::Read => 0,
             Class::Write => 1,
-            Class::Pin(_) => 2,
+            Class::Session => 2,
+            Class::Pin(_) => 3,
         }
     }
 

@@ -127,6 +127,29 @@ pub fn parameter_status(frame: &Frame) -> Result<(&str, &str), DecodeError> {
     Ok((name, value))
 }
 
+/// DataRow ('D') as text columns (NULL as `None`). Only for pgrelay's own queries,
+/// whose results are text: client traffic is forwarded without decoding rows.
+pub fn data_row_text(frame: &Frame) -> Result<Vec<Option<&str>>, DecodeError> {
+    expect_tag(frame, DATA_ROW)?;
+    let mut r = Reader::new(frame.body());
+    let n = r.u16("column count")?;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let len = r.u32("column length")? as i32;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let bytes = r.take(len as usize, "column value")?;
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8 {
+            field: "column value",
+        })?;
+        out.push(Some(text));
+    }
+    r.end()?;
+    Ok(out)
+}
+
 /// BackendKeyData ('K'): process id and cancel key (4 bytes in 3.0, up to 256 in 3.2).
 pub fn backend_key_data(frame: &Frame) -> Result<(u32, Vec<u8>), DecodeError> {
     expect_tag(frame, BACKEND_KEY_DATA)?;
@@ -336,6 +359,34 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(authentication(&f(b'R', body)), want, "{body:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod data_row_tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn frame(body: &[u8]) -> Frame {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(b"D");
+        b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        b.extend_from_slice(body);
+        crate::parse_frame(&mut b, 1 << 20).unwrap().unwrap()
+    }
+
+    #[test]
+    fn data_rows_decode_or_refuse() {
+        let ok = frame(b"\x00\x02\x00\x00\x00\x02hi\xff\xff\xff\xff");
+        assert_eq!(data_row_text(&ok).unwrap(), vec![Some("hi"), None]);
+        for bad in [
+            &b"\x00\x01\x00\x00\x00\x09hi"[..],
+            b"\x00\x01",
+            b"\x00\x00x",
+            b"\x00\x01\x00\x00\x00\x01\xff",
+        ] {
+            assert!(data_row_text(&frame(bad)).is_err(), "{bad:?}");
         }
     }
 }

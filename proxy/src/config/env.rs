@@ -38,6 +38,9 @@ pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     ("pool.connect_timeout", |c, v| {
         parse_duration(v).map(|d| c.pool.connect_timeout = d)
     }),
+    ("pool.prepared_statements_limit", |c, v| {
+        from_str(&mut c.pool.prepared_statements_limit, v)
+    }),
     ("pool.idle_timeout", |c, v| {
         parse_duration(v).map(|d| c.pool.idle_timeout = d)
     }),
@@ -238,6 +241,7 @@ mod tests {
             "PGRELAY_POOL_ACQUIRE_TIMEOUT",
             "PGRELAY_POOL_CONNECT_TIMEOUT",
             "PGRELAY_POOL_IDLE_TIMEOUT",
+            "PGRELAY_POOL_PREPARED_STATEMENTS_LIMIT",
             "PGRELAY_LIMITS_MAX_MESSAGE_SIZE",
             "PGRELAY_LIMITS_MAX_CLIENTS",
             "PGRELAY_LIMITS_STARTUP_TIMEOUT",
@@ -247,7 +251,7 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 19);
     }
 
     #[test]

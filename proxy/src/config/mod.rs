@@ -174,6 +174,9 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
+    /// Prepared statements kept per server connection; past it the least recently used
+    /// are closed (and re-prepared by a session that needs them again).
+    pub prepared_statements_limit: usize,
 }
 
 impl Default for PoolConfig {
@@ -183,6 +186,7 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            prepared_statements_limit: 256,
         }
     }
 }

@@ -28,6 +28,7 @@ fn defaults() {
             acquire_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            prepared_statements_limit: 256,
         }
     );
     assert_eq!(c.limits.max_message_size, ByteSize(64 * 1024 * 1024));

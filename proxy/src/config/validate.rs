@@ -97,6 +97,10 @@ pub(crate) fn validate(c: &Config) -> Result<(), Violation> {
     }
     for (key, value) in [
         ("pool.size", c.pool.size),
+        (
+            "pool.prepared_statements_limit",
+            c.pool.prepared_statements_limit,
+        ),
         ("limits.max_clients", c.limits.max_clients),
     ] {
         if value == 0 {

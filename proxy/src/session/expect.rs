@@ -27,10 +27,25 @@ pub enum Expect {
     Query,
     /// An answer pgrelay gives itself, sent to the client when it reaches the front.
     Synth(Bytes),
+    /// pgrelay's own message (settings, evictions): nothing it causes reaches the client.
+    Hidden(Hidden),
     /// Not an answer: where the client's CopyDone/CopyFail sits in the stream, sent
     /// before the backend announced COPY IN. It tells which earlier Syncs the backend
     /// will ignore (PostgreSQL ignores Sync and Flush during copy-in).
     CopyEnd,
+}
+
+/// The kinds of message pgrelay sends on its own behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hidden {
+    /// A simple query whose result nobody needs.
+    Query,
+    /// A simple query whose DataRows are the session's settings.
+    Capture,
+    /// Close of an evicted statement (CloseComplete).
+    Close,
+    /// The Sync that follows hidden Closes.
+    Sync,
 }
 
 /// What to do with one backend message.
@@ -43,6 +58,12 @@ pub struct Outcome {
     pub unprepared: Vec<Box<str>>,
     /// pgrelay's own answers to send after this message, in order.
     pub synth: Vec<Bytes>,
+    /// A DataRow of a [`Hidden::Capture`] query.
+    pub captured_row: bool,
+    /// An ErrorResponse to a hidden message (already kept from the client).
+    pub hidden_error: bool,
+    /// A hidden message got its last answer.
+    pub hidden_done: Option<Hidden>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +90,12 @@ impl Expectations {
         self.queue.clear();
         self.skipping = false;
         self.copy_in = false;
+    }
+
+    /// pgrelay refused a message of an extended batch itself: like the backend after
+    /// an error, ignore the rest of the batch until its Sync.
+    pub fn skip_to_sync(&mut self) {
+        self.skipping = true;
     }
 
     /// Outstanding Sync/Query entries: each owes the client one ReadyForQuery.
@@ -133,6 +160,28 @@ impl Expectations {
         }
     }
 
+    /// A message answering one of pgrelay's own: kept from the client, except
+    /// notifications, which belong to the session whoever's query carried them.
+    fn on_hidden(&mut self, kind: Hidden, tag: u8) -> Outcome {
+        let mut out = Outcome {
+            forward: tag == b'A',
+            ..Outcome::default()
+        };
+        out.captured_row = kind == Hidden::Capture && tag == b'D';
+        out.hidden_error = tag == b'E';
+        let ends = match kind {
+            Hidden::Close => tag == b'3' || tag == b'E',
+            Hidden::Query | Hidden::Capture | Hidden::Sync => tag == b'Z',
+        };
+        if ends {
+            self.queue.pop_front();
+            out.hidden_done = Some(kind);
+            out.synth = self.drain_synth();
+            self.settle();
+        }
+        out
+    }
+
     fn drain_synth(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
         while let Some(Expect::Synth(_)) = self.queue.front() {
@@ -149,11 +198,14 @@ impl Expectations {
             forward: true,
             ..Outcome::default()
         };
+        self.settle();
+        if let Some(Expect::Hidden(kind)) = self.queue.front() {
+            return self.on_hidden(*kind, tag);
+        }
         // Messages that may arrive at any time and answer nothing.
         if matches!(tag, b'N' | b'S' | b'A') {
             return out;
         }
-        self.settle();
         if tag == b'G' {
             self.copy_in_started();
             return out;
@@ -168,7 +220,7 @@ impl Expectations {
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
-            Expect::Synth(_) | Expect::CopyEnd => false,
+            Expect::Synth(_) | Expect::CopyEnd | Expect::Hidden(_) => false,
         };
         if let Expect::Parse { forward: false, .. } = front {
             out.forward = tag == b'E';
@@ -180,7 +232,7 @@ impl Expectations {
         if tag == b'E' && !matches!(front, Expect::Sync | Expect::Query) {
             // An error ends this message and makes the backend skip to the next Sync.
             while let Some(e) = self.queue.front() {
-                if matches!(e, Expect::Sync) {
+                if matches!(e, Expect::Sync | Expect::Hidden(Hidden::Sync)) {
                     break;
                 }
                 if let Some(Expect::Parse {
@@ -382,6 +434,58 @@ mod tests {
         let mut e = Expectations::default();
         e.push(Expect::Bind);
         assert_eq!(run(&mut e, b"NSA2"), ["N", "S", "A", "2"]);
+        assert!(e.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod hidden_tests {
+    use super::*;
+
+    #[test]
+    fn hidden_query_answers_never_reach_the_client() {
+        let mut e = Expectations::default();
+        e.push(Expect::Hidden(Hidden::Capture));
+        e.push(Expect::Query);
+        let mut rows = 0;
+        let mut seen = Vec::new();
+        for &t in b"SNTDDACZTCZ" {
+            let o = e.on_backend(t);
+            rows += usize::from(o.captured_row);
+            if o.forward {
+                seen.push(t as char);
+            }
+        }
+        assert_eq!(rows, 2);
+        assert_eq!(seen, ['A', 'T', 'C', 'Z']);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn hidden_error_is_reported_not_forwarded() {
+        let mut e = Expectations::default();
+        e.push(Expect::Hidden(Hidden::Query));
+        let o = e.on_backend(b'E');
+        assert!(o.hidden_error && !o.forward);
+        let o = e.on_backend(b'Z');
+        assert_eq!(o.hidden_done, Some(Hidden::Query));
+        assert!(!o.ready && !o.forward);
+    }
+
+    #[test]
+    fn evictions_then_client_batch() {
+        let mut e = Expectations::default();
+        e.push(Expect::Hidden(Hidden::Close));
+        e.push(Expect::Hidden(Hidden::Close));
+        e.push(Expect::Hidden(Hidden::Sync));
+        e.push(Expect::Bind);
+        e.push(Expect::Sync);
+        let seen: Vec<char> = b"33Z2Z"
+            .iter()
+            .filter(|&&t| e.on_backend(t).forward)
+            .map(|&t| t as char)
+            .collect();
+        assert_eq!(seen, ['2', 'Z']);
         assert!(e.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod expect;
 pub mod route;
+pub mod settings;
 pub mod startup;
 pub mod statements;
 
@@ -43,6 +44,10 @@ pub struct Shared {
     pub cancel_timeout: Duration,
     pub replica_reads: bool,
     pub pinned_sessions: AtomicI64,
+    /// Sessions ever pinned, for operators hunting what defeats pooling.
+    pub pins_total: AtomicU64,
+    /// Prepared statements kept per backend before the least recently used are closed.
+    pub prepared_limit: usize,
     pub read_only_retries: AtomicU64,
 }
 

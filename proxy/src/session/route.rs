@@ -4,7 +4,7 @@
 
 use super::statements::Statements;
 use protocol::Frame;
-use router::{classify, Class};
+use router::{classify, Class, PinReason};
 
 /// Message types a client may send once logged in. Anything else is refused before
 /// it is queued, so garbage never reaches a backend.
@@ -57,9 +57,43 @@ pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
     class
 }
 
+/// Which pins a simple query ends, once it has run outside a transaction: the state
+/// that tied the session to its backend is gone. `None` when it ends none.
+pub fn releases(sql: &str) -> Option<Release> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["discard", "all"] => Some(Release::All),
+        ["unlisten", "*"] => Some(Release::Only(PinReason::Listen)),
+        ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
+            Some(Release::Only(PinReason::Prepare))
+        }
+        ["discard", "temp" | "temporary"] => Some(Release::Only(PinReason::TempTable)),
+        ["close", "all"] => Some(Release::Only(PinReason::HoldCursor)),
+        ["select", f]
+            if f.starts_with("pg_advisory_unlock_all(") || *f == "pg_advisory_unlock_all()" =>
+        {
+            Some(Release::Only(PinReason::AdvisoryLock))
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    All,
+    Only(PinReason),
+}
+
 pub fn stronger(a: Class, b: Class) -> Class {
     match (a, b) {
         (Class::Pin(r), _) | (_, Class::Pin(r)) => Class::Pin(r),
+        (Class::Session, _) | (_, Class::Session) => Class::Session,
         (Class::Write, _) | (_, Class::Write) => Class::Write,
         _ => Class::Read,
     }
@@ -68,11 +102,10 @@ pub fn stronger(a: Class, b: Class) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use router::PinReason;
 
     #[test]
     fn strongest_class_wins() {
-        let set = Class::Pin(PinReason::Set);
+        let set = Class::Session;
         let cases = [
             (Class::Read, Class::Read, Class::Read),
             (Class::Read, Class::Write, Class::Write),
@@ -82,6 +115,32 @@ mod tests {
         ];
         for (a, b, want) in cases {
             assert_eq!(stronger(a, b), want, "{a:?} + {b:?}");
+        }
+    }
+
+    #[test]
+    fn pin_releases() {
+        let cases = [
+            ("DISCARD ALL", Some(Release::All)),
+            ("discard all;", Some(Release::All)),
+            ("UNLISTEN *", Some(Release::Only(PinReason::Listen))),
+            ("UNLISTEN ch", None),
+            ("DEALLOCATE ALL", Some(Release::Only(PinReason::Prepare))),
+            (
+                "deallocate prepare all",
+                Some(Release::Only(PinReason::Prepare)),
+            ),
+            ("DEALLOCATE q", None),
+            ("DISCARD TEMP", Some(Release::Only(PinReason::TempTable))),
+            ("CLOSE ALL", Some(Release::Only(PinReason::HoldCursor))),
+            (
+                "SELECT pg_advisory_unlock_all()",
+                Some(Release::Only(PinReason::AdvisoryLock)),
+            ),
+            ("SELECT 1", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(releases(sql), want, "{sql}");
         }
     }
 

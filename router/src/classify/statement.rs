@@ -96,7 +96,7 @@ impl SetConfigCall {
         if self.commas == 2 && self.third == ThirdArg::True {
             Class::Write
         } else {
-            Class::Pin(PinReason::Set)
+            Class::Session
         }
     }
 }
@@ -210,10 +210,11 @@ fn head_word(toks: &mut Tokens<'_>) -> Kind {
         if next_is(toks, &["LOCAL", "TRANSACTION", "CONSTRAINTS"]) {
             Kind::Fixed(Class::Write)
         } else {
-            pin(PinReason::Set)
+            Kind::Fixed(Class::Session)
         }
-    } else if is(word, "RESET") {
-        pin(PinReason::Set)
+    } else if is(word, "RESET") || is(word, "DISCARD") {
+        // DISCARD ALL resets every setting; the other forms cost a needless read-back.
+        Kind::Fixed(Class::Session)
     } else if is(word, "PREPARE") {
         // PREPARE TRANSACTION is two-phase commit, not a prepared statement.
         if next_is(toks, &["TRANSACTION"]) {
@@ -331,9 +332,7 @@ fn scan(toks: &mut Tokens<'_>) -> Option<Facts> {
                             third: ThirdArg::Empty,
                         });
                     }
-                    Some(Effect::SetConfig) => {
-                        facts.calls = facts.calls.strongest(Class::Pin(PinReason::Set))
-                    }
+                    Some(Effect::SetConfig) => facts.calls = facts.calls.strongest(Class::Session),
                     None => {}
                 }
                 depth += 1;

@@ -6,7 +6,7 @@ const W: Class = Class::Write;
 const fn p(reason: PinReason) -> Class {
     Class::Pin(reason)
 }
-const SET: Class = p(PinReason::Set);
+const SET: Class = Class::Session;
 const TEMP: Class = p(PinReason::TempTable);
 const LOCK: Class = p(PinReason::AdvisoryLock);
 
@@ -149,7 +149,8 @@ const CASES: &[(&str, Class)] = &[
     ("DEALLOCATE ALL", W),
     ("UNLISTEN ch", W),
     ("UNLISTEN *", W),
-    ("DISCARD ALL", W),
+    ("DISCARD ALL", SET),
+    ("discard temp", SET),
     ("SELECT * FROM t FOR UPDATE", W),
     ("SELECT * FROM t FOR NO KEY UPDATE", W),
     ("SELECT * FROM t FOR SHARE SKIP LOCKED", W),
@@ -302,7 +303,9 @@ fn strongest_orders_read_write_pin() {
     assert_eq!(R.strongest(W), W);
     assert_eq!(W.strongest(R), W);
     assert_eq!(W.strongest(SET), SET);
-    assert_eq!(SET.strongest(TEMP), SET);
+    assert_eq!(SET.strongest(TEMP), TEMP);
+    assert_eq!(TEMP.strongest(SET), TEMP);
+    assert_eq!(p(PinReason::Listen).strongest(TEMP), p(PinReason::Listen));
     assert_eq!(R.strongest(R), R);
 }
 

@@ -9,8 +9,10 @@
 mod replies;
 mod send;
 
+use super::expect::Hidden;
 use super::expect::{Expect, Expectations};
-use super::route::{ends_unit, is_boundary, is_session_message, unit_class};
+use super::route::{ends_unit, is_boundary, is_session_message, unit_class, Release};
+use super::settings::{self, Settings};
 use super::statements::{backend_name, Statement, Statements};
 use super::Shared;
 use crate::cancel::Registration;
@@ -66,7 +68,21 @@ pub struct Engine<S> {
     /// The unit on the current lease is still open (sent up to a Flush, not a Sync).
     streaming: bool,
     tx: TxStatus,
+    /// Why the session keeps one backend (the first reason, for logs), and every
+    /// reason still in force: the pin ends when the last one is released.
     pinned: Option<PinReason>,
+    pin_reasons: Vec<PinReason>,
+    /// A statement that ends pins ran; applied once its transaction is over.
+    releasing: Option<Release>,
+    /// Settings the session has changed from the defaults; applied to every backend it
+    /// is given.
+    settings: Settings,
+    /// A statement may have changed settings: read them back before letting go of the
+    /// backend.
+    settings_dirty: bool,
+    /// Custom setting names the session has touched (pg_settings does not list them).
+    custom_names: std::collections::BTreeSet<String>,
+    captured: Settings,
     hold: Option<Hold>,
     /// Swallowing a replica's 25006 answer; the held unit re-runs on the primary.
     retrying: Option<Vec<Frame>>,
@@ -104,6 +120,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             streaming: false,
             tx: TxStatus::Idle,
             pinned: None,
+            pin_reasons: Vec::new(),
+            releasing: None,
+            settings: Vec::new(),
+            settings_dirty: false,
+            custom_names: Default::default(),
+            captured: Vec::new(),
             hold: None,
             retrying: None,
             force_primary: false,
@@ -281,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.cancel.slot.set(lease.pool().addr(), &conn.cancel);
         self.lease = Some(lease);
         self.route = Some(route);
-        Ok(())
+        self.prepare_backend()
     }
 
     async fn acquire(&mut self, node: NodeId) -> Result<Lease, ClientError> {
@@ -321,17 +343,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     }
 
     fn pin(&mut self, reason: PinReason) {
+        if !self.pin_reasons.contains(&reason) {
+            self.pin_reasons.push(reason);
+        }
         if self.pinned.is_none() {
             tracing::info!(user = %self.id.user, %reason, "session pinned to one backend");
             self.ctx.pinned_sessions.fetch_add(1, Ordering::Relaxed);
+            self.ctx.pins_total.fetch_add(1, Ordering::Relaxed);
             self.pinned = Some(reason);
         }
     }
 
     fn unpin(&mut self) {
+        self.pin_reasons.clear();
         if self.pinned.take().is_some() {
             self.ctx.pinned_sessions.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// A statement that ends some pins has run and its transaction is over.
+    fn apply_release(&mut self) {
+        match self.releasing.take() {
+            Some(Release::All) => self.unpin(),
+            Some(Release::Only(reason)) => {
+                self.pin_reasons.retain(|r| *r != reason);
+                if self.pin_reasons.is_empty() {
+                    self.unpin();
+                }
+            }
+            None => {}
+        }
+        if self.pinned.is_none() {
+            tracing::debug!(user = %self.id.user, "session no longer pinned");
+        }
+    }
+
+    /// Before a session's first message on a backend: close statements the backend
+    /// holds beyond its limit, and bring its settings into line with the session's.
+    /// Both are hidden from the client and cost a round trip only when needed.
+    fn prepare_backend(&mut self) -> Result<(), ClientError> {
+        self.evict_statements()?;
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let conn = lease.conn();
+        if conn.settings != self.settings {
+            if let Some(sql) = settings::transition(&conn.settings, &self.settings) {
+                self.wbuf
+                    .extend_from_slice(&protocol::frontend::build_query(&sql)?);
+                self.exp.push(Expect::Hidden(Hidden::Query));
+            }
+            conn.settings = self.settings.clone();
+        }
+        Ok(())
+    }
+
+    /// Close the statements this backend holds beyond its limit. Only between units:
+    /// the Closes and their Sync must not land inside a client's batch.
+    fn evict_statements(&mut self) -> Result<(), ClientError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let evicted = lease.conn().prepared.evict_over(self.ctx.prepared_limit);
+        if evicted.is_empty() {
+            return Ok(());
+        }
+        for name in &evicted {
+            self.wbuf
+                .extend_from_slice(&protocol::frontend::build_close_statement(name)?);
+            self.exp.push(Expect::Hidden(Hidden::Close));
+        }
+        self.wbuf
+            .extend_from_slice(&protocol::frontend::build_sync());
+        self.exp.push(Expect::Hidden(Hidden::Sync));
+        Ok(())
+    }
+
+    /// Read back the settings the session's statements left on this backend.
+    fn capture_settings(&mut self) -> Result<(), ClientError> {
+        self.settings_dirty = false;
+        self.captured.clear();
+        let sql = settings::capture_sql(&self.custom_names);
+        self.wbuf
+            .extend_from_slice(&protocol::frontend::build_query(&sql)?);
+        self.exp.push(Expect::Hidden(Hidden::Capture));
+        Ok(())
     }
 
     async fn flush_backend(&mut self) {

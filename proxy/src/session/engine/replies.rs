@@ -14,7 +14,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             .map_err(|e| ClientError::Backend(e.into()))?
         {
             let tag = frame.tag();
-            if tag == b'E' {
+            let o = self.exp.on_backend(tag);
+            if o.captured_row || o.hidden_error || o.hidden_done.is_some() {
+                own_answer(conn, &frame, &o, &mut self.captured, &mut self.settings);
+            }
+            if tag == b'E' && !o.hidden_error {
                 let fields = protocol::backend::error_fields(&frame).ok();
                 self.last_error_fatal = fields.as_ref().is_some_and(|f| f.is_fatal());
                 let read_only = fields.as_ref().is_some_and(|f| f.code == Some("25006"));
@@ -27,7 +31,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     }
                 }
             }
-            let o = self.exp.on_backend(tag);
             for name in &o.unprepared {
                 conn.prepared.remove(name);
             }
@@ -76,8 +79,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     self.queued.push_front(f);
                 }
                 self.force_primary = true;
-            } else if self.pinned.is_none() {
-                self.release();
+            } else {
+                if self.releasing.is_some() {
+                    self.apply_release();
+                }
+                if self.settings_dirty {
+                    // Keep the backend until its settings are read back.
+                    self.capture_settings()?;
+                } else if self.pinned.is_none() {
+                    self.release();
+                } else {
+                    self.evict_statements()?;
+                }
             }
         }
         if !self.queued.is_empty() {
@@ -88,7 +101,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     pub(super) fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.release();
+            if !lease.conn_ref().discard {
+                lease.release();
+            }
         }
         self.route = None;
         self.cancel.slot.clear();
@@ -140,5 +155,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.out
                 .extend_from_slice(&protocol::backend::ready_for_query(TxStatus::Idle));
         }
+    }
+}
+
+/// An answer to one of pgrelay's own messages: collect read-back settings, and give up
+/// on a backend whose state is no longer known.
+fn own_answer(
+    conn: &mut crate::backend::BackendConn,
+    frame: &Frame,
+    o: &super::super::expect::Outcome,
+    captured: &mut Settings,
+    session: &mut Settings,
+) {
+    if o.captured_row {
+        if let Ok(cols) = protocol::backend::data_row_text(frame) {
+            if let [Some(name), Some(value)] = cols[..] {
+                captured.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    if o.hidden_error {
+        let message = protocol::backend::error_fields(frame)
+            .map(|f| f.message_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::warn!(%message, "pgrelay's own statement failed; the backend will be closed");
+        conn.discard = true;
+    }
+    if o.hidden_done == Some(Hidden::Capture) && !conn.discard {
+        let now = settings::normalize(std::mem::take(captured));
+        conn.settings = now.clone();
+        *session = now;
     }
 }

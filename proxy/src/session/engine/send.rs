@@ -25,7 +25,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 if let Class::Pin(r) = class {
                     pin = Some(r);
                 }
-                if p.name.is_empty() {
+                if class == Class::Session {
+                    self.custom_names
+                        .extend(super::settings::custom_names(p.sql));
+                }
+                if !p.name.is_empty() && self.stmts.get(p.name).is_some() {
+                    // As PostgreSQL: a named statement must be closed before reuse.
+                    let msg = format!("prepared statement \"{}\" already exists", p.name);
+                    due = self
+                        .exp
+                        .push(Expect::Synth(crate::errors::error("42P05", &msg)));
+                    self.exp.skip_to_sync();
+                } else if p.name.is_empty() {
                     let stmt = Statement::new("".into(), f.as_bytes().clone(), class);
                     conn.unnamed = Some(stmt.id);
                     self.stmts.insert("", stmt);
@@ -57,6 +68,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             b'B' => {
                 let b = protocol::frontend::bind(&f)?;
                 let stmt = self.stmts.get(b.statement).map(|s| &**s);
+                if stmt.is_some_and(|s| s.class == Class::Session) {
+                    self.settings_dirty = true;
+                }
                 forward_renamed(
                     conn,
                     stmt,
@@ -112,8 +126,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             b'Q' => {
                 let sql = protocol::frontend::query(&f)?;
-                if let Class::Pin(r) = router::classify(sql) {
-                    pin = Some(r);
+                match router::classify(sql) {
+                    Class::Pin(r) => pin = Some(r),
+                    Class::Session => {
+                        self.settings_dirty = true;
+                        self.custom_names.extend(super::settings::custom_names(sql));
+                    }
+                    _ => {}
+                }
+                if let Some(r) = crate::session::route::releases(sql) {
+                    self.releasing = Some(r);
                 }
                 if drops_statements(sql) {
                     // The server forgets every prepared statement; so must we.
