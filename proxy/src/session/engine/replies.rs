@@ -18,9 +18,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if o.captured_row || o.hidden_error || o.hidden_done.is_some() {
                 own_answer(conn, &frame, &o, &mut self.captured, &mut self.settings);
             }
+            let mut downgraded = None;
             if tag == b'E' && !o.hidden_error {
                 let fields = protocol::backend::error_fields(&frame).ok();
                 self.last_error_fatal = fields.as_ref().is_some_and(|f| f.is_fatal());
+                if let Some(f) = fields.as_ref().filter(|f| f.is_fatal()) {
+                    // The server connection ends, the client's session does not: a FATAL
+                    // would make drivers drop a connection that still works.
+                    let message = f.message_lossy();
+                    let e = protocol::backend::ErrorMessage::error(
+                        f.code.unwrap_or("08006"),
+                        &message,
+                    )
+                    .with_hint("pgrelay keeps the session; the next statement gets a new server connection");
+                    downgraded = Some(protocol::backend::error_response(&e));
+                }
                 let read_only = fields.as_ref().is_some_and(|f| f.code == Some("25006"));
                 if read_only && self.retrying.is_none() {
                     if let Some(hold) = self.hold.take() {
@@ -43,7 +55,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
             }
             if o.forward {
-                self.out.extend_from_slice(frame.as_bytes());
+                match downgraded {
+                    Some(e) => self.out.extend_from_slice(&e),
+                    None => self.out.extend_from_slice(frame.as_bytes()),
+                }
             }
             for s in o.synth {
                 self.out.extend_from_slice(&s);
