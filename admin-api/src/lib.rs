@@ -64,7 +64,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
-    use router::{Epoch, NodeId, NodeStatus, Role, Topology};
+    use router::{Epoch, Lag, Lsn, NodeId, NodeState, NodeStatus, Role, Topology, WalBytes};
     use tower::ServiceExt;
 
     fn topo(primary_up: bool) -> Topology {
@@ -73,20 +73,35 @@ mod tests {
             epoch: Epoch(1),
             nodes: vec![
                 NodeStatus {
-                    id: NodeId(0),
-                    name: "pg0".into(),
-                    addr: "127.0.0.1:5432".into(),
                     role: Role::Primary,
                     up: primary_up,
+                    state: if primary_up {
+                        NodeState::Up
+                    } else {
+                        NodeState::Down
+                    },
+                    timeline: Some(1),
+                    ..NodeStatus::unknown(NodeId(0), "pg0", "127.0.0.1:5432")
                 },
                 NodeStatus {
-                    id: NodeId(1),
-                    name: "pg1".into(),
-                    addr: "127.0.0.1:5433".into(),
                     role: Role::Replica,
                     up: true,
+                    state: NodeState::Lagging,
+                    timeline: Some(1),
+                    wal: router::WalPositions {
+                        current: None,
+                        receive: Some(Lsn(0x300_0000)),
+                        replay: Some(Lsn(0x200_0000)),
+                    },
+                    wal_receiver: Some("streaming".into()),
+                    lag: Some(Lag {
+                        bytes: WalBytes(0x100_0000),
+                        time: std::time::Duration::from_millis(1500),
+                    }),
+                    ..NodeStatus::unknown(NodeId(1), "pg1", "127.0.0.1:5433")
                 },
             ],
+            ..Topology::default()
         }
     }
 
@@ -134,6 +149,25 @@ mod tests {
         let (_, body) = get_json(state, "/topology").await;
         assert_eq!(body["version"], 4);
         assert_eq!(body["nodes"][1]["up"], false);
+    }
+
+    #[tokio::test]
+    async fn topology_shows_state_wal_and_lag_of_every_node() {
+        let state = AdminState {
+            topology: health::shared(topo(true)),
+        };
+        let (_, body) = get_json(state, "/topology").await;
+        let replica = &body["nodes"][1];
+        assert_eq!(replica["state"], "lagging");
+        assert_eq!(replica["timeline"], 1);
+        assert_eq!(replica["wal"]["replay"], "0/2000000");
+        assert_eq!(replica["wal"]["current"], serde_json::Value::Null);
+        assert_eq!(replica["wal_receiver"], "streaming");
+        assert_eq!(replica["lag"]["bytes"], 0x100_0000);
+        assert_eq!(replica["lag"]["seconds"], 1.5);
+        assert_eq!(body["nodes"][0]["state"], "up");
+        assert_eq!(body["nodes"][0]["lag"], serde_json::Value::Null);
+        assert_eq!(body["when_no_replica"], "primary");
     }
 
     #[tokio::test]

@@ -1,17 +1,24 @@
-//! Node health for pgrelay. For now: role discovery (who is primary, who is a replica,
-//! who is down) published as [`router::Topology`] snapshots. Heartbeats with LSNs and
-//! lag, failure detection, failover and fencing build on the same seams later:
-//! [`probe`] (what one check learns), [`topology`] (pure: checks → snapshot),
-//! [`RoleMonitor`] (the loop) and [`Coordinator`] (who owns the epoch).
+//! Node health for pgrelay: one heartbeat task per node reads its role, timeline, WAL
+//! positions and replay status; lag is measured in bytes and time; the result is
+//! published as immutable [`router::Topology`] snapshots through arc-swap.
+//!
+//! The seams: [`probe`] (what one heartbeat learns, and the [`Pulse`] trait tests fake),
+//! [`lag`] (pure lag measurement), [`topology`] (the pure state machine: events in,
+//! actions out), [`HealthMonitor`] (the thin tasks) and [`Coordinator`] (who owns the
+//! epoch). Failure detection, failover and fencing build on the same seams.
 
 mod coordinator;
+pub mod lag;
 mod monitor;
 pub mod probe;
 pub mod topology;
 
 pub use coordinator::{Coordinator, LocalCoordinator};
-pub use monitor::{discover, RoleMonitor};
-pub use probe::{ControlCreds, NodeSpec, ProbeError};
+pub use monitor::{
+    discover, discover_with, next_beat_in, BeatCounts, HealthMonitor, OnDown, MAX_BACKOFF,
+};
+pub use probe::{ControlCreds, NodeSpec, ProbeError, Pulse, Sample};
+pub use topology::Settings;
 
 use std::sync::Arc;
 

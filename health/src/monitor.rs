@@ -1,68 +1,34 @@
-//! The discovery loop: check every node, publish a new snapshot when something changed.
+//! The thin async part: one heartbeat task per node, and one task that folds their
+//! results into the pure [`Tracker`] and carries out its actions.
 
-use crate::probe::{probe, ControlCreds, NodeSpec};
-use crate::topology::{self, Observation};
+use crate::probe::{ControlCreds, NodeSpec, PgPulse, Pulse};
+use crate::topology::{Action, Event, Settings, Tracker};
 use crate::SharedTopology;
-use router::{Epoch, Topology};
+use router::{NodeId, Topology};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_postgres::Client;
+use tokio::time::Instant;
 
-/// Checks every node concurrently (each bounded by `timeout`), reusing and refreshing the
-/// per-node control connections in `clients`.
-async fn probe_all(
-    nodes: &[NodeSpec],
-    creds: &ControlCreds,
-    clients: &mut [Option<Client>],
-    timeout: Duration,
-) -> Vec<Observation> {
-    let mut set = JoinSet::new();
-    for (i, spec) in nodes.iter().enumerate() {
-        let client = clients.get_mut(i).and_then(Option::take);
-        let (spec, creds) = (spec.clone(), creds.clone());
-        set.spawn(async move {
-            let (client, outcome) = probe(&spec, &creds, client, timeout).await;
-            if let Err(e) = &outcome {
-                tracing::debug!(node = %spec.name, addr = %spec.addr(), error = %e, "role check failed");
-            }
-            (i, client, outcome.ok())
-        });
-    }
-    // A check whose task died (it cannot panic, but still) counts as failed.
-    let mut observations = vec![None; nodes.len()];
-    while let Some(joined) = set.join_next().await {
-        if let Ok((i, client, seen)) = joined {
-            if let (Some(slot), Some(obs)) = (clients.get_mut(i), observations.get_mut(i)) {
-                *slot = client;
-                *obs = seen;
-            }
-        }
-    }
-    observations
-}
+/// Reconnection backoff never waits longer than this (or one interval, if longer).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Probes every node once. A node that cannot be reached within `timeout` is
-/// `up: false, role: Unknown`. The snapshot has version 1 and epoch 0: the caller
-/// stamps the coordinator's epoch if it has one.
-pub async fn discover(nodes: &[NodeSpec], creds: &ControlCreds, timeout: Duration) -> Topology {
-    let mut clients: Vec<Option<Client>> = nodes.iter().map(|_| None).collect();
-    let observations = probe_all(nodes, creds, &mut clients, timeout).await;
-    let topology = topology::build(nodes, &observations, 1, Epoch::default());
-    for n in &topology.nodes {
-        tracing::info!(node = %n.name, addr = %n.addr, role = ?n.role, up = n.up, "discovered");
-    }
-    topology
-}
+/// Called with a node that just went down (the proxy drops its idle pooled connections).
+pub type OnDown = Arc<dyn Fn(NodeId) + Send + Sync>;
 
-/// Re-checks roles every `interval` and keeps the shared topology current.
-pub struct RoleMonitor {
-    nodes: Vec<NodeSpec>,
-    creds: ControlCreds,
-    interval: Duration,
-    timeout: Duration,
-    topology: SharedTopology,
+/// Time from the start of one beat to the start of the next, after `failures`
+/// consecutive failures: the interval while healthy and for the first failure (so a dead
+/// node is confirmed within two intervals), then doubling up to [`MAX_BACKOFF`].
+pub fn next_beat_in(interval: Duration, failures: u32) -> Duration {
+    if failures <= 1 {
+        return interval;
+    }
+    let factor = 1u32 << (failures - 1).min(16);
+    interval
+        .saturating_mul(factor)
+        .min(MAX_BACKOFF.max(interval))
 }
 
 /// Resolves when shutdown is requested or its sender is gone (nobody can ask any more).
@@ -70,172 +36,235 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-impl RoleMonitor {
-    /// Starts the loop; it ends soon after `shutdown` turns true (or its sender drops).
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Probes every node once, concurrently. A node that cannot be reached within `timeout`
+/// is down, role unknown. The snapshot has version 1 (if any node answered) and epoch 0.
+pub async fn discover(nodes: &[NodeSpec], creds: &ControlCreds, timeout: Duration) -> Topology {
+    let settings = Settings {
+        timeout,
+        ..Settings::default()
+    };
+    discover_with(nodes, creds, settings).await
+}
+
+/// [`discover`] with the monitor's settings (lag bounds, read policy).
+pub async fn discover_with(
+    nodes: &[NodeSpec],
+    creds: &ControlCreds,
+    settings: Settings,
+) -> Topology {
+    let mut set = JoinSet::new();
+    for (i, spec) in nodes.iter().enumerate() {
+        let mut pulse = PgPulse::new(spec.clone(), creds.clone(), settings.timeout);
+        set.spawn(async move { (i, pulse.beat().await) });
+    }
+    let mut tracker = Tracker::new(nodes.to_vec(), settings, Topology::default(), now());
+    let mut outcomes = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok(x) = joined {
+            outcomes.push(x);
+        }
+    }
+    // In node order, all at one instant, so the result is one snapshot.
+    outcomes.sort_by_key(|(i, _)| *i);
+    let at = now();
+    for (node, outcome) in outcomes {
+        if let Err(e) = &outcome {
+            tracing::debug!(node = %nodes[node].name, error = %e, "discovery check failed");
+        }
+        let outcome = outcome.map_err(|e| e.to_string());
+        tracker.step(Event::Beat { node, at, outcome });
+    }
+    let mut topology = tracker.topology().clone();
+    topology.version = 1;
+    topology.when_no_replica = settings.when_no_replica;
+    for n in &topology.nodes {
+        tracing::info!(node = %n.name, addr = %n.addr, role = ?n.role, state = ?n.state, "discovered");
+    }
+    topology
+}
+
+/// Heartbeats sent per node since the monitor started (its cost, for operators and
+/// benchmarks).
+#[derive(Debug, Default)]
+pub struct BeatCounts {
+    beats: Vec<AtomicU64>,
+}
+
+impl BeatCounts {
+    pub fn new(nodes: usize) -> Self {
+        BeatCounts {
+            beats: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Heartbeat queries sent to `node` so far (successful or not).
+    pub fn beats(&self, node: NodeId) -> u64 {
+        self.beats
+            .get(node.0)
+            .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    fn count(&self, node: usize) {
+        if let Some(b) = self.beats.get(node) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Heartbeats every node and keeps the shared topology current.
+pub struct HealthMonitor;
+
+impl HealthMonitor {
+    /// Starts one heartbeat task per node (over [`PgPulse`]) and the task that publishes
+    /// snapshots into `topology`, starting from its current content. Everything ends soon
+    /// after `shutdown` turns true (or its sender drops).
     pub fn spawn(
         nodes: Vec<NodeSpec>,
         creds: ControlCreds,
-        interval: Duration,
-        timeout: Duration,
+        settings: Settings,
         topology: SharedTopology,
+        on_down: OnDown,
         shutdown: watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
-        let monitor = RoleMonitor {
-            nodes,
-            creds,
-            interval,
-            timeout,
-            topology,
-        };
-        tokio::spawn(monitor.run(shutdown))
+    ) -> (JoinHandle<()>, Arc<BeatCounts>) {
+        let pulses = nodes
+            .iter()
+            .map(|spec| PgPulse::new(spec.clone(), creds.clone(), settings.timeout))
+            .collect();
+        Self::spawn_with(nodes, pulses, settings, topology, on_down, shutdown)
     }
 
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut clients: Vec<Option<Client>> = self.nodes.iter().map(|_| None).collect();
-        // A zero period would make `interval` panic; config validation forbids it anyway.
-        let mut ticker = tokio::time::interval(self.interval.max(Duration::from_millis(1)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stopped(&mut shutdown) => break,
-                _ = ticker.tick() => {}
+    /// [`HealthMonitor::spawn`] with any heartbeat source (`pulses[i]` beats `nodes[i]`).
+    pub fn spawn_with<P: Pulse>(
+        nodes: Vec<NodeSpec>,
+        pulses: Vec<P>,
+        settings: Settings,
+        topology: SharedTopology,
+        on_down: OnDown,
+        shutdown: watch::Receiver<bool>,
+    ) -> (JoinHandle<()>, Arc<BeatCounts>) {
+        let counts = Arc::new(BeatCounts::new(nodes.len()));
+        let (tx, rx) = mpsc::channel(64);
+        let interval = settings.interval.max(Duration::from_millis(1));
+        let beats: Vec<JoinHandle<()>> = pulses
+            .into_iter()
+            .enumerate()
+            .map(|(i, pulse)| {
+                let beat = beat_loop(
+                    i,
+                    pulse,
+                    interval,
+                    tx.clone(),
+                    shutdown.clone(),
+                    counts.clone(),
+                );
+                tokio::spawn(beat)
+            })
+            .collect();
+        drop(tx);
+        let tracker = Tracker::new(nodes, settings, topology.load().as_ref().clone(), now());
+        let task = tokio::spawn(async move {
+            publish_loop(tracker, rx, topology, on_down, shutdown).await;
+            for b in beats {
+                let _ = b.await;
             }
-            let observations = tokio::select! {
-                biased;
-                _ = stopped(&mut shutdown) => break,
-                obs = probe_all(&self.nodes, &self.creds, &mut clients, self.timeout) => obs,
-            };
-            self.publish(&observations);
-        }
-        tracing::debug!("role monitor stopped");
+            tracing::debug!("health monitor stopped");
+        });
+        (task, counts)
     }
+}
 
-    /// Only this task writes the snapshot for now, so load-then-store cannot lose an
-    /// update; the failover controller will have to coordinate with it (rcu or one owner).
-    fn publish(&self, observations: &[Observation]) {
-        let prev = self.topology.load();
-        let Some(next) = topology::next(&prev, &self.nodes, observations) else {
-            return;
+/// One node's heartbeats: beat, report, wait for the next one (backing off while the
+/// node fails).
+async fn beat_loop<P: Pulse>(
+    node: usize,
+    mut pulse: P,
+    interval: Duration,
+    tx: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+    counts: Arc<BeatCounts>,
+) {
+    let mut failures = 0u32;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let started = Instant::now();
+        counts.count(node);
+        let outcome = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            outcome = pulse.beat() => outcome,
         };
-        for change in topology::changes(&prev, &next) {
-            let (role, up) = change.after;
-            if up {
-                tracing::info!(node = %change.name, ?role, before = ?change.before, "node role changed");
-            } else {
-                tracing::warn!(node = %change.name, before = ?change.before, "node unreachable");
+        let at = Instant::now();
+        match &outcome {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(node, error = %e, failures, "heartbeat failed");
             }
         }
-        self.topology.store(Arc::new(next));
+        let event = Event::Beat {
+            node,
+            at: at.into_std(),
+            outcome: outcome.map_err(|e| e.to_string()),
+        };
+        if tx.send(event).await.is_err() {
+            break;
+        }
+        // Fixed rate while beats are quick; at once after a beat that overran.
+        next = (started + next_beat_in(interval, failures)).max(at);
+    }
+}
+
+async fn publish_loop(
+    mut tracker: Tracker,
+    mut rx: mpsc::Receiver<Event>,
+    topology: SharedTopology,
+    on_down: OnDown,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Ticks let silence count: a node whose beat hangs goes suspect, then down.
+    let mut ticker =
+        tokio::time::interval((tracker.settings().interval / 4).max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            event = rx.recv() => match event {
+                Some(e) => e,
+                None => break,
+            },
+            _ = ticker.tick() => Event::Tick { at: now() },
+        };
+        for action in tracker.step(event) {
+            match action {
+                // Only this task writes the snapshot, so storing cannot lose an update;
+                // the failover controller will have to coordinate with it.
+                Action::Publish(next) => topology.store(Arc::new(next)),
+                Action::Down(node) => on_down(node),
+                Action::Changed(c) => {
+                    let (role, state) = c.after;
+                    match state {
+                        router::NodeState::Up => {
+                            tracing::info!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
+                        }
+                        _ => {
+                            tracing::warn!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use router::{NodeId, Role};
-    use std::time::Instant;
-
-    fn creds() -> ControlCreds {
-        ControlCreds {
-            user: "postgres".into(),
-            password: String::new(),
-            database: "postgres".into(),
-        }
-    }
-
-    fn node(i: usize, port: u16) -> NodeSpec {
-        NodeSpec {
-            id: NodeId(i),
-            name: format!("pg{i}"),
-            host: "127.0.0.1".into(),
-            port,
-        }
-    }
-
-    /// A port nothing listens on: bind an ephemeral one, then release it.
-    fn closed_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }
-
-    #[tokio::test]
-    async fn closed_port_is_down_without_waiting_for_the_timeout() {
-        let nodes = [node(0, closed_port())];
-        let started = Instant::now();
-        let t = discover(&nodes, &creds(), Duration::from_secs(30)).await;
-        assert_eq!(t.version, 1);
-        let n = &t.nodes[0];
-        assert!(!n.up && n.role == Role::Unknown, "{n:?}");
-        // Refused at once: far below the 30s bound, with ample slack for a slow machine.
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "took {:?}",
-            started.elapsed()
-        );
-    }
-
-    #[tokio::test]
-    async fn silent_server_is_down_after_the_timeout() {
-        // Accepts TCP (kernel backlog) but never answers the startup message.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let nodes = [node(0, port), node(1, closed_port())];
-        let t = discover(&nodes, &creds(), Duration::from_millis(200)).await;
-        assert!(
-            t.nodes.iter().all(|n| !n.up && n.role == Role::Unknown),
-            "{t:?}"
-        );
-        assert_eq!(t.nodes.len(), 2);
-        drop(listener);
-    }
-
-    #[tokio::test]
-    async fn monitor_publishes_then_stops_on_shutdown() {
-        let topology = crate::shared(Topology::default());
-        let (tx, rx) = watch::channel(false);
-        let nodes = vec![node(0, closed_port()), node(1, closed_port())];
-        let handle = RoleMonitor::spawn(
-            nodes,
-            creds(),
-            Duration::from_millis(20),
-            Duration::from_millis(500),
-            topology.clone(),
-            rx,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while topology.load().version == 0 {
-            assert!(Instant::now() < deadline, "no snapshot published");
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let first = topology.load_full();
-        assert_eq!(first.version, 1);
-        assert!(first.nodes.iter().all(|n| !n.up));
-        tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), handle)
-            .await
-            .expect("monitor did not stop")
-            .unwrap();
-        // Nothing changed between rounds, so nothing was republished.
-        assert_eq!(topology.load().version, 1);
-    }
-
-    #[tokio::test]
-    async fn monitor_stops_when_shutdown_sender_drops() {
-        let (tx, rx) = watch::channel(false);
-        let handle = RoleMonitor::spawn(
-            vec![node(0, closed_port())],
-            creds(),
-            Duration::from_secs(3600),
-            Duration::from_millis(100),
-            crate::shared(Topology::default()),
-            rx,
-        );
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(20), handle)
-            .await
-            .expect("monitor did not stop")
-            .unwrap();
-    }
-}
+mod tests;

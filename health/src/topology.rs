@@ -1,73 +1,290 @@
-//! Pure: from the previous snapshot and this round's check outcomes to the next
-//! snapshot, or "unchanged". Keeping this free of I/O lets failure detection (N missed
-//! checks before "down") be added and tested as a table later.
+//! Pure: the heartbeat state machine. Every heartbeat result and every clock tick is an
+//! [`Event`]; [`Tracker::step`] folds it into the state and returns the [`Action`]s for
+//! the thin async task to carry out (publish a snapshot, drop a dead node's idle pooled
+//! connections, log a change). No I/O and no clock of its own: times come with events,
+//! so failure detection and lag hysteresis are tested as tables and under a paused clock.
+//!
+//! Per node:
+//! - **Up**: answered recently; a replica within the lag bounds.
+//! - **Suspect**: its latest beat failed, or it has not answered for over two intervals.
+//!   No reads; a suspect primary still takes writes (if it is dead they fail anyway).
+//! - **Down**: two beats in a row failed, or no answer for over two intervals plus the
+//!   beat timeout, or never answered. Never routed to; its role is forgotten
+//!   (`Unknown`) and its idle pooled connections are dropped.
+//! - **Lagging**: a replica over a lag bound, until it is back under half of every bound.
 
-use crate::probe::NodeSpec;
-use router::{Epoch, NodeStatus, Role, Topology};
+use crate::lag::{measure, ReplicaWal, WalHistory};
+use crate::probe::{NodeSpec, Sample};
+use router::{
+    Lag, LagBounds, NoReplica, NodeId, NodeState, NodeStatus, Role, Topology, WalPositions,
+};
+use std::time::{Duration, Instant};
 
-/// What a round of checks says about one node: `Some(role)` answered, `None` failed.
-pub type Observation = Option<Role>;
+/// How the monitor judges nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Time between heartbeats of one node.
+    pub interval: Duration,
+    /// How long one heartbeat may take.
+    pub timeout: Duration,
+    pub bounds: LagBounds,
+    pub when_no_replica: NoReplica,
+}
 
-fn status(spec: &NodeSpec, seen: Observation) -> NodeStatus {
-    NodeStatus {
-        id: spec.id,
-        name: spec.name.clone(),
-        addr: spec.addr(),
-        role: seen.unwrap_or(Role::Unknown),
-        up: seen.is_some(),
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(1),
+            bounds: LagBounds::default(),
+            when_no_replica: NoReplica::Primary,
+        }
     }
 }
 
-/// A snapshot of exactly these observations (`observations[i]` is about `nodes[i]`;
-/// a missing observation counts as failed).
-pub fn build(
-    nodes: &[NodeSpec],
-    observations: &[Observation],
-    version: u64,
-    epoch: Epoch,
-) -> Topology {
-    let nodes = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| status(spec, observations.get(i).copied().flatten()))
-        .collect();
-    Topology {
-        version,
-        epoch,
-        nodes,
-    }
+/// Something the monitor learned.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A heartbeat of `nodes[node]` finished at `at`: its sample, or why it failed.
+    Beat {
+        node: usize,
+        at: Instant,
+        outcome: Result<Sample, String>,
+    },
+    /// Time passed (lets a node that stopped answering go suspect, then down).
+    Tick { at: Instant },
 }
 
-/// The snapshot to publish after `prev`, or `None` when nothing a reader could see has
-/// changed: readers compare versions, so a new version must mean a real change.
-pub fn next(prev: &Topology, nodes: &[NodeSpec], observations: &[Observation]) -> Option<Topology> {
-    let candidate = build(
-        nodes,
-        observations,
-        prev.version.wrapping_add(1),
-        prev.epoch,
-    );
-    (candidate.nodes != prev.nodes).then_some(candidate)
+/// What the task must do after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Store this snapshot (its version is one above the previous one).
+    Publish(Topology),
+    /// The node just went down: drop its idle pooled connections.
+    Down(NodeId),
+    /// A node's role or state changed (for the log).
+    Changed(Change),
 }
 
-/// One node whose role or reachability differs between two snapshots, for logging.
+/// One node whose role or state differs between two snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub name: String,
-    pub before: Option<(Role, bool)>,
-    pub after: (Role, bool),
+    pub before: Option<(Role, NodeState)>,
+    pub after: (Role, NodeState),
 }
 
+#[derive(Debug, Clone, Default)]
+struct Track {
+    last_ok: Option<Instant>,
+    failures: u32,
+    sample: Option<Sample>,
+    lag: Option<Lag>,
+    lagging: bool,
+}
+
+/// The monitor's whole state: per-node tracks, the primary's WAL history, and the
+/// snapshot last published.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    settings: Settings,
+    specs: Vec<NodeSpec>,
+    tracks: Vec<Track>,
+    history: WalHistory,
+    current: Topology,
+}
+
+impl Tracker {
+    /// Starts from `initial` (e.g. the startup discovery, or an empty default): nodes
+    /// that were up count as having answered at `now`, with the role and WAL positions
+    /// the snapshot shows.
+    pub fn new(specs: Vec<NodeSpec>, settings: Settings, initial: Topology, now: Instant) -> Self {
+        let tracks = specs
+            .iter()
+            .map(|spec| match initial.node(spec.id) {
+                Some(n) if n.up => Track {
+                    last_ok: Some(now),
+                    failures: 0,
+                    sample: Some(Sample {
+                        timeline: n.timeline,
+                        current: n.wal.current,
+                        receive: n.wal.receive,
+                        replay: n.wal.replay,
+                        wal_receiver: n.wal_receiver.clone(),
+                        ..Sample::of_role(n.role)
+                    }),
+                    lag: n.lag,
+                    lagging: n.state == NodeState::Lagging,
+                },
+                _ => Track::default(),
+            })
+            .collect();
+        let mut history = WalHistory::default();
+        if let Some(lsn) = initial.primary().and_then(|p| p.wal.current) {
+            history.record(now, lsn);
+        }
+        Tracker {
+            settings,
+            specs,
+            tracks,
+            history,
+            current: initial,
+        }
+    }
+
+    /// The snapshot last published (or the initial one).
+    pub fn topology(&self) -> &Topology {
+        &self.current
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Folds one event into the state; returns what to do about it.
+    pub fn step(&mut self, event: Event) -> Vec<Action> {
+        let now = match event {
+            Event::Tick { at } => at,
+            Event::Beat { node, at, outcome } => {
+                self.beat(node, at, outcome);
+                at
+            }
+        };
+        self.publish(now)
+    }
+
+    fn beat(&mut self, node: usize, at: Instant, outcome: Result<Sample, String>) {
+        let Some(track) = self.tracks.get_mut(node) else {
+            return;
+        };
+        let sample = match outcome {
+            Ok(sample) => sample,
+            Err(_) => {
+                track.failures = track.failures.saturating_add(1);
+                return;
+            }
+        };
+        track.failures = 0;
+        track.last_ok = Some(at);
+        if sample.role == Role::Primary {
+            if let Some(lsn) = sample.current {
+                self.history.record(at, lsn);
+            }
+        }
+        let (lag, lagging) = if sample.role == Role::Replica {
+            let name = &self.specs[node].name;
+            let primary_reported = self
+                .primary_sample()
+                .and_then(|p| p.standbys.iter().find(|s| &s.application_name == name))
+                .and_then(|s| s.replay_lag);
+            let wal = ReplicaWal {
+                receive: sample.receive,
+                replay: sample.replay,
+                replay_age: sample.replay_age,
+                primary_reported,
+            };
+            let lag = measure(&self.history, &wal, at);
+            let track = &self.tracks[node];
+            (
+                lag,
+                self.settings.bounds.lagging(track.lagging, lag.as_ref()),
+            )
+        } else {
+            (None, false)
+        };
+        let track = &mut self.tracks[node];
+        track.sample = Some(sample);
+        track.lag = lag;
+        track.lagging = lagging;
+    }
+
+    /// The sample of the one node currently answering as primary.
+    fn primary_sample(&self) -> Option<&Sample> {
+        let mut it = self
+            .tracks
+            .iter()
+            .filter(|t| t.failures == 0)
+            .filter_map(|t| t.sample.as_ref())
+            .filter(|s| s.role == Role::Primary);
+        let first = it.next()?;
+        it.next().is_none().then_some(first)
+    }
+
+    fn state(&self, track: &Track, now: Instant) -> NodeState {
+        let Some(last_ok) = track.last_ok else {
+            return NodeState::Down;
+        };
+        let quiet = now.saturating_duration_since(last_ok);
+        let interval = self.settings.interval;
+        if track.failures >= 2 || quiet > 2 * interval + self.settings.timeout {
+            NodeState::Down
+        } else if track.failures == 1 || quiet > 2 * interval {
+            NodeState::Suspect
+        } else if track.lagging && track.sample.as_ref().map(|s| s.role) == Some(Role::Replica) {
+            NodeState::Lagging
+        } else {
+            NodeState::Up
+        }
+    }
+
+    fn status(&self, i: usize, now: Instant) -> NodeStatus {
+        let spec = &self.specs[i];
+        let track = &self.tracks[i];
+        let unknown = NodeStatus::unknown(spec.id, spec.name.clone(), spec.addr());
+        let state = self.state(track, now);
+        match (&track.sample, state) {
+            (_, NodeState::Down) | (None, _) => unknown,
+            (Some(s), state) => NodeStatus {
+                role: s.role,
+                up: true,
+                state,
+                timeline: s.timeline,
+                wal: WalPositions {
+                    current: s.current,
+                    receive: s.receive,
+                    replay: s.replay,
+                },
+                wal_receiver: s.wal_receiver.clone(),
+                lag: track.lag,
+                ..unknown
+            },
+        }
+    }
+
+    fn publish(&mut self, now: Instant) -> Vec<Action> {
+        let next = Topology {
+            version: self.current.version.wrapping_add(1),
+            epoch: self.current.epoch,
+            nodes: (0..self.specs.len()).map(|i| self.status(i, now)).collect(),
+            when_no_replica: self.settings.when_no_replica,
+        };
+        if next.nodes == self.current.nodes && next.when_no_replica == self.current.when_no_replica
+        {
+            return Vec::new();
+        }
+        let mut actions: Vec<Action> = changes(&self.current, &next)
+            .into_iter()
+            .map(Action::Changed)
+            .collect();
+        for n in &next.nodes {
+            let was_up = self.current.node(n.id).is_some_and(|p| p.up);
+            if was_up && !n.up {
+                actions.push(Action::Down(n.id));
+            }
+        }
+        actions.push(Action::Publish(next.clone()));
+        self.current = next;
+        actions
+    }
+}
+
+/// Nodes whose role or state differ between two snapshots, for logging.
 pub fn changes(prev: &Topology, next: &Topology) -> Vec<Change> {
     next.nodes
         .iter()
         .filter_map(|n| {
-            let before = prev
-                .nodes
-                .iter()
-                .find(|p| p.id == n.id)
-                .map(|p| (p.role, p.up));
-            let after = (n.role, n.up);
+            let before = prev.node(n.id).map(|p| (p.role, p.state));
+            let after = (n.role, n.state);
             (before != Some(after)).then(|| Change {
                 name: n.name.clone(),
                 before,
@@ -78,124 +295,4 @@ pub fn changes(prev: &Topology, next: &Topology) -> Vec<Change> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use router::NodeId;
-
-    fn specs(n: usize) -> Vec<NodeSpec> {
-        (0..n)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                name: format!("pg{i}"),
-                host: "127.0.0.1".into(),
-                port: 5432 + i as u16,
-            })
-            .collect()
-    }
-
-    const P: Observation = Some(Role::Primary);
-    const R: Observation = Some(Role::Replica);
-    const DOWN: Observation = None;
-
-    #[test]
-    fn next_snapshot_table() {
-        let nodes = specs(3);
-        let prev = build(&nodes, &[P, R, R], 7, Epoch(2));
-        // (observations, expected (version, [(role, up)]) or None = unchanged)
-        type Want = Option<(u64, [(Role, bool); 3])>;
-        let cases: &[(&[Observation], Want)] = &[
-            (&[P, R, R], None),
-            (
-                &[P, R, DOWN],
-                Some((
-                    8,
-                    [
-                        (Role::Primary, true),
-                        (Role::Replica, true),
-                        (Role::Unknown, false),
-                    ],
-                )),
-            ),
-            (
-                &[DOWN, P, R],
-                Some((
-                    8,
-                    [
-                        (Role::Unknown, false),
-                        (Role::Primary, true),
-                        (Role::Replica, true),
-                    ],
-                )),
-            ),
-            (
-                &[R, R, R],
-                Some((
-                    8,
-                    [
-                        (Role::Replica, true),
-                        (Role::Replica, true),
-                        (Role::Replica, true),
-                    ],
-                )),
-            ),
-            // Fewer observations than nodes: the unobserved node is treated as failed.
-            (
-                &[P, R],
-                Some((
-                    8,
-                    [
-                        (Role::Primary, true),
-                        (Role::Replica, true),
-                        (Role::Unknown, false),
-                    ],
-                )),
-            ),
-        ];
-        for (obs, want) in cases {
-            let got = next(&prev, &nodes, obs);
-            let got = got.map(|t| {
-                assert_eq!(t.epoch, Epoch(2), "epoch is kept");
-                let roles: Vec<_> = t.nodes.iter().map(|n| (n.role, n.up)).collect();
-                (t.version, roles)
-            });
-            assert_eq!(got, want.map(|(v, r)| (v, r.to_vec())), "{obs:?}");
-        }
-    }
-
-    #[test]
-    fn first_snapshot_from_empty_is_a_change() {
-        let nodes = specs(1);
-        let t = next(&Topology::default(), &nodes, &[P]).unwrap();
-        assert_eq!(t.version, 1);
-        assert_eq!(t.nodes[0].addr, "127.0.0.1:5432");
-        assert_eq!(t.primary().map(|n| n.id), Some(NodeId(0)));
-    }
-
-    #[test]
-    fn changes_lists_only_differences() {
-        let nodes = specs(3);
-        let a = build(&nodes, &[P, R, R], 1, Epoch(0));
-        let b = build(&nodes, &[DOWN, P, R], 2, Epoch(0));
-        let got: Vec<_> = changes(&a, &b)
-            .into_iter()
-            .map(|c| (c.name, c.before, c.after))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "pg0".to_string(),
-                    Some((Role::Primary, true)),
-                    (Role::Unknown, false)
-                ),
-                (
-                    "pg1".to_string(),
-                    Some((Role::Replica, true)),
-                    (Role::Primary, true)
-                ),
-            ]
-        );
-        assert!(changes(&a, &a).is_empty());
-        assert_eq!(changes(&Topology::default(), &a).len(), 3);
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::{PoolSettings, Pools};
 use crate::session::{serve_client, NodeInfo, Shared, UserAuth};
-use health::{ControlCreds, NodeSpec, RoleMonitor};
+use health::{ControlCreds, HealthMonitor, NodeSpec};
 use router::NodeId;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub struct Handle {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
+    /// Heartbeats sent per node: what watching the cluster costs.
+    pub heartbeats: Arc<health::BeatCounts>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
@@ -85,20 +87,18 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         password: config.control.password.expose().to_string(),
         database: config.control.database.clone(),
     };
-    let initial = health::discover(&specs, &creds, config.health.timeout).await;
+    let settings = health::Settings {
+        interval: config.health.interval,
+        timeout: config.health.timeout,
+        bounds: config.routing.lag_bounds(),
+        when_no_replica: config.routing.when_no_replica.into(),
+    };
+    let initial = health::discover_with(&specs, &creds, settings).await;
     if initial.primary().is_none() {
         tracing::warn!("no primary found yet; writes fail until one is reachable");
     }
     let topology = health::shared(initial);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let monitor = RoleMonitor::spawn(
-        specs.clone(),
-        creds,
-        config.health.interval,
-        config.health.timeout,
-        topology.clone(),
-        shutdown_rx.clone(),
-    );
 
     let users = config
         .users
@@ -130,6 +130,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             },
             config.pool.connect_timeout,
             BACKEND_MAX_MESSAGE,
+            specs.len(),
         ),
         cancels: Arc::new(CancelRegistry::default()),
         spread: Default::default(),
@@ -143,6 +144,23 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         prepared_limit: config.pool.prepared_statements_limit,
         read_only_retries: Default::default(),
     });
+
+    // A node that went down takes its idle pooled connections with it; the monitor holds
+    // the proxy state weakly so shutting down is never delayed by it.
+    let weak = Arc::downgrade(&shared);
+    let on_down: health::OnDown = Arc::new(move |node| {
+        if let Some(shared) = weak.upgrade() {
+            shared.pools.clear_node(node);
+        }
+    });
+    let (monitor, heartbeats) = HealthMonitor::spawn(
+        specs,
+        creds,
+        settings,
+        topology.clone(),
+        on_down,
+        shutdown_rx.clone(),
+    );
 
     let addr = listeners
         .clients
@@ -170,6 +188,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         addr,
         admin_addr,
         shared,
+        heartbeats,
         shutdown: shutdown_tx,
         task,
     })

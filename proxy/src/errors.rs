@@ -31,6 +31,8 @@ pub enum ClientError {
     NoPrimary,
     #[error("no node is available")]
     NoNode,
+    #[error("no replica within the lag bounds is available for this read (routing.when_no_replica is error)")]
+    NoReplica,
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -62,7 +64,7 @@ impl ClientError {
             Self::AuthFailed(_) => "28P01",
             Self::TooManyClients(_) => "53300",
             Self::StartupTimeout(_) => "08006",
-            Self::NoPrimary | Self::NoNode => "57P03",
+            Self::NoPrimary | Self::NoNode | Self::NoReplica => "57P03",
             Self::Pool(P::Timeout { .. }) => "53300",
             Self::Pool(P::Closed) => "57P03",
             Self::Pool(P::Connect(e)) | Self::Backend(e) => match e {
@@ -107,6 +109,15 @@ impl ClientError {
     }
 }
 
+impl From<router::NoNode> for ClientError {
+    fn from(e: router::NoNode) -> Self {
+        match e {
+            router::NoNode::NoPrimary => ClientError::NoPrimary,
+            router::NoNode::NoReplica => ClientError::NoReplica,
+        }
+    }
+}
+
 /// An ErrorResponse that pgrelay itself raises in the middle of a session.
 pub fn error(code: &str, message: &str) -> Bytes {
     protocol::backend::error_response(&ErrorMessage::error(code, message))
@@ -128,6 +139,7 @@ mod tests {
             (ClientError::Replication, "0A000"),
             (ClientError::TooManyClients(10), "53300"),
             (ClientError::NoPrimary, "57P03"),
+            (ClientError::NoReplica, "57P03"),
             (ClientError::BackendLost("pg0".into()), "08006"),
             (ClientError::UnexpectedMessage('x'), "08P01"),
             (

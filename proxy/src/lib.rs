@@ -15,3 +15,7 @@ pub mod errors;
 pub mod pool;
 pub mod prepared;
 pub mod session;
+
+/// The routing vocabulary (`Topology`, `NodeState`, ...), for embedders and tests that
+/// inspect the live topology.
+pub use router;

@@ -8,6 +8,7 @@
 use crate::backend::{BackendConn, BackendError, ConnectSpec};
 use router::NodeId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,11 +53,19 @@ pub struct Pool {
     /// ParameterStatus values of the first connection made, reported to clients at login
     /// without leasing a backend for every login.
     startup_params: Mutex<Option<Vec<(String, String)>>>,
+    /// Outstanding leases on this pool's node, summed over all its pools.
+    node_load: Arc<AtomicUsize>,
 }
 
 impl Pool {
-    fn new(node_name: String, spec: ConnectSpec, settings: PoolSettings) -> Self {
+    fn new(
+        node_name: String,
+        spec: ConnectSpec,
+        settings: PoolSettings,
+        node_load: Arc<AtomicUsize>,
+    ) -> Self {
         Pool {
+            node_load,
             node_name,
             spec,
             settings,
@@ -96,6 +105,7 @@ impl Pool {
             return Ok(Lease {
                 conn: Some(conn),
                 _permit: permit,
+                _load: LoadGuard::new(&self.node_load),
                 pool: self.clone(),
             });
         }
@@ -109,6 +119,7 @@ impl Pool {
         Ok(Lease {
             conn: Some(conn),
             _permit: permit,
+            _load: LoadGuard::new(&self.node_load),
             pool: self.clone(),
         })
     }
@@ -161,7 +172,24 @@ impl Pool {
 pub struct Lease {
     conn: Option<BackendConn>,
     _permit: OwnedSemaphorePermit,
+    _load: LoadGuard,
     pool: Arc<Pool>,
+}
+
+/// Counts one outstanding lease on a node for as long as it lives.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl LoadGuard {
+    fn new(load: &Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(load.clone())
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lease {
@@ -202,16 +230,32 @@ pub struct Pools {
     connect_timeout: Duration,
     max_message: usize,
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Outstanding leases per node (index = node id), read without a lock by routing.
+    loads: Vec<Arc<AtomicUsize>>,
 }
 
 impl Pools {
-    pub fn new(settings: PoolSettings, connect_timeout: Duration, max_message: usize) -> Self {
+    /// Pools for `nodes` configured nodes.
+    pub fn new(
+        settings: PoolSettings,
+        connect_timeout: Duration,
+        max_message: usize,
+        nodes: usize,
+    ) -> Self {
         Pools {
             settings,
             connect_timeout,
             max_message,
             map: Mutex::new(HashMap::new()),
+            loads: (0..nodes).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// Leases outstanding on `node` right now (lock-free; for least-loaded routing).
+    pub fn load(&self, node: NodeId) -> usize {
+        self.loads
+            .get(node.0)
+            .map_or(0, |l| l.load(Ordering::Relaxed))
     }
 
     /// The pool for `key`, created if needed. Sessions cache the result per node, so this
@@ -237,7 +281,8 @@ impl Pools {
             connect_timeout: self.connect_timeout,
             max_message: self.max_message,
         };
-        let pool = Arc::new(Pool::new(node_name.to_string(), spec, self.settings));
+        let load = self.loads.get(key.node.0).cloned().unwrap_or_default();
+        let pool = Arc::new(Pool::new(node_name.to_string(), spec, self.settings, load));
         map.insert(key.clone(), pool.clone());
         pool
     }

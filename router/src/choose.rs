@@ -2,7 +2,7 @@
 //! Pure and stateless so that every decision can be replayed in a test; the caller owns
 //! the counter that spreads reads.
 
-use crate::{Class, NodeId, Topology};
+use crate::{Class, NoReplica, NodeId, Topology};
 
 /// Where a statement goes, and in which capacity: a read that fell back to the primary
 /// is still `Primary`, so the caller can count fallbacks.
@@ -30,13 +30,27 @@ pub enum NoNode {
     /// neither writes nor reads without a replica can go anywhere.
     #[error("no primary is available")]
     NoPrimary,
+    /// No replica is up and within the lag bounds, and the policy says reads fail rather
+    /// than go to the primary (`routing.when_no_replica: error`).
+    #[error("no replica within the lag bounds is available")]
+    NoReplica,
 }
 
 /// Chooses the node for one statement.
 ///
+/// Writes (and everything pinned) go to the one writable primary. Reads go to a replica
+/// that is up and within the lag bounds (the snapshot says which, see
+/// [`NodeStatus::readable_replica`](crate::NodeStatus::readable_replica)), preferring the
+/// least loaded: `load(node)` is the caller's count of outstanding leases on a node.
 /// `spread` is a caller-owned counter (e.g. a per-process atomic incremented per
-/// decision) so reads are spread evenly without the router holding state.
-pub fn choose(topology: &Topology, class: Class, spread: u64) -> Result<Route, NoNode> {
+/// decision) that rotates among equally loaded replicas, so the router holds no state.
+/// With no eligible replica, a read follows `topology.when_no_replica`.
+pub fn choose(
+    topology: &Topology,
+    class: Class,
+    spread: u64,
+    load: impl Fn(NodeId) -> usize,
+) -> Result<Route, NoNode> {
     let primary = || {
         topology
             .primary()
@@ -46,13 +60,22 @@ pub fn choose(topology: &Topology, class: Class, spread: u64) -> Result<Route, N
     match class {
         Class::Write | Class::Session | Class::Pin(_) => primary(),
         Class::Read => {
-            let count = topology.replicas().count();
-            if count == 0 {
-                return primary();
-            }
+            let Some(least) = topology.replicas().map(|n| load(n.id)).min() else {
+                return match topology.when_no_replica {
+                    NoReplica::Primary => primary(),
+                    NoReplica::Error => Err(NoNode::NoReplica),
+                };
+            };
+            // Loads are read again: a racing lease may change one, which only matters
+            // for fairness, never for correctness (every candidate is eligible).
+            let least_loaded = || topology.replicas().filter(|n| load(n.id) <= least);
+            let count = least_loaded().count().max(1);
             // usize -> u64 never truncates on supported targets; the remainder is < count.
             let index = usize::try_from(spread % count as u64).unwrap_or(0);
-            match topology.replicas().nth(index) {
+            match least_loaded()
+                .nth(index)
+                .or_else(|| topology.replicas().next())
+            {
                 Some(replica) => Ok(Route::Replica(replica.id)),
                 None => primary(),
             }
@@ -66,7 +89,12 @@ mod tests {
     use crate::{Epoch, PinReason, Role};
     use proptest::prelude::*;
 
-    use crate::types::tests::node;
+    use crate::types::tests::{node, node_in};
+    use crate::NodeState;
+
+    fn idle(_: NodeId) -> usize {
+        0
+    }
 
     fn topo(nodes: &[(Role, bool)]) -> Topology {
         let nodes = nodes
@@ -78,6 +106,7 @@ mod tests {
             version: 1,
             epoch: Epoch(1),
             nodes,
+            ..Topology::default()
         }
     }
 
@@ -170,7 +199,7 @@ mod tests {
         ];
         for (nodes, class, spread, want) in cases {
             assert_eq!(
-                choose(&topo(nodes), *class, *spread),
+                choose(&topo(nodes), *class, *spread, idle),
                 *want,
                 "{nodes:?} {class} {spread}"
             );
@@ -182,7 +211,7 @@ mod tests {
         let t = topo(&[(P, true), (Rp, true), (Rp, false), (Rp, true), (Rp, true)]);
         let mut hits = [0u32; 5];
         for spread in 0..300 {
-            let route = choose(&t, Class::Read, spread).unwrap();
+            let route = choose(&t, Class::Read, spread, idle).unwrap();
             hits[route.node().0] += 1;
         }
         assert_eq!(hits, [0, 100, 0, 100, 100]);
@@ -212,7 +241,7 @@ mod tests {
             spread in any::<u64>(),
         ) {
             let t = topo(&nodes);
-            match choose(&t, class, spread) {
+            match choose(&t, class, spread, idle) {
                 Ok(route) => {
                     let chosen = t.node(route.node()).expect("route names a configured node");
                     prop_assert!(chosen.up, "routed to a down node: {route:?}");
@@ -222,12 +251,105 @@ mod tests {
                         prop_assert_eq!(Some(route.node()), t.primary().map(|n| n.id));
                     }
                 }
+                Err(NoNode::NoReplica) => prop_assert!(false, "the default policy never fails reads"),
                 Err(NoNode::NoPrimary) => {
                     prop_assert!(t.primary().is_none());
                     if class == Class::Read {
                         prop_assert_eq!(t.replicas().count(), 0);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn least_loaded_replica_wins_and_ties_rotate() {
+        let t = topo(&[(P, true), (Rp, true), (Rp, true), (Rp, true)]);
+        let loads = [0usize, 5, 2, 2];
+        let load = |n: NodeId| loads[n.0];
+        let mut hits = [0u32; 4];
+        for spread in 0..100 {
+            hits[choose(&t, Class::Read, spread, load).unwrap().node().0] += 1;
+        }
+        assert_eq!(hits, [0, 0, 50, 50]);
+        // The primary's load never matters to reads.
+        let load = |n: NodeId| if n.0 == 0 { 0 } else { 9 };
+        assert!(!choose(&t, Class::Read, 0, load).unwrap().is_primary());
+    }
+
+    #[test]
+    fn lagging_and_suspect_replicas_take_no_reads() {
+        use NodeState::*;
+        let t = |states: &[(Role, NodeState)]| Topology {
+            nodes: states
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, s))| node_in(i, r, s))
+                .collect(),
+            ..Topology::default()
+        };
+        let read = |t: &Topology| choose(t, Class::Read, 0, idle);
+        let a = t(&[(P, Up), (Rp, Lagging), (Rp, Up)]);
+        assert_eq!(read(&a), Ok(Route::Replica(NodeId(2))));
+        let b = t(&[(P, Up), (Rp, Lagging), (Rp, Suspect)]);
+        assert_eq!(read(&b), Ok(Route::Primary(NodeId(0))));
+        let mut c = b.clone();
+        c.when_no_replica = NoReplica::Error;
+        assert_eq!(read(&c), Err(NoNode::NoReplica));
+        // Writes are unaffected by the read policy, and a suspect primary still takes them.
+        let d = t(&[(P, Suspect), (Rp, Up)]);
+        assert_eq!(
+            choose(&d, Class::Write, 0, idle),
+            Ok(Route::Primary(NodeId(0)))
+        );
+        assert_eq!(read(&d), Ok(Route::Replica(NodeId(1))));
+        let e = t(&[(P, Down), (Rp, Up)]);
+        assert_eq!(choose(&e, Class::Write, 0, idle), Err(NoNode::NoPrimary));
+        assert_eq!(
+            NoNode::NoReplica.to_string(),
+            "no replica within the lag bounds is available"
+        );
+    }
+
+    fn any_state() -> impl Strategy<Value = NodeState> {
+        use NodeState::*;
+        prop_oneof![Just(Up), Just(Suspect), Just(Down), Just(Lagging)]
+    }
+
+    proptest! {
+        /// Only an up replica within the bounds takes reads, only a writable primary
+        /// takes writes, whatever the loads and the policy.
+        #[test]
+        fn never_routes_to_an_ineligible_node(
+            nodes in proptest::collection::vec((any_role(), any_state(), 0usize..4), 0..6),
+            class in any_class(),
+            spread in any::<u64>(),
+            fail in any::<bool>(),
+        ) {
+            let t = Topology {
+                nodes: nodes.iter().enumerate().map(|(i, &(r, s, _))| node_in(i, r, s)).collect(),
+                when_no_replica: if fail { NoReplica::Error } else { NoReplica::Primary },
+                ..Topology::default()
+            };
+            let load = |n: NodeId| nodes[n.0].2;
+            match choose(&t, class, spread, load) {
+                Ok(Route::Replica(id)) => {
+                    let n = t.node(id).unwrap();
+                    prop_assert!(class == Class::Read);
+                    prop_assert!(n.role == Rp && n.state == NodeState::Up, "{n:?}");
+                    let min = t.replicas().map(|r| load(r.id)).min().unwrap();
+                    prop_assert_eq!(load(id), min);
+                }
+                Ok(Route::Primary(id)) => {
+                    prop_assert!(t.node(id).unwrap().writable());
+                    if class == Class::Read {
+                        prop_assert!(!fail && t.replicas().next().is_none());
+                    }
+                }
+                Err(NoNode::NoReplica) => {
+                    prop_assert!(fail && class == Class::Read && t.replicas().next().is_none());
+                }
+                Err(NoNode::NoPrimary) => prop_assert!(t.primary().is_none()),
             }
         }
     }

@@ -4,8 +4,13 @@
 
 pub mod choose;
 pub mod classify;
+pub mod lag;
 pub mod types;
 
 pub use choose::{choose, NoNode, Route};
 pub use classify::{classify, Class, PinReason};
-pub use types::{Epoch, Lsn, NodeId, NodeStatus, Role, Topology};
+pub use lag::LagBounds;
+pub use types::{
+    Epoch, Lag, Lsn, NoReplica, NodeId, NodeState, NodeStatus, Role, Topology, WalBytes,
+    WalPositions,
+};

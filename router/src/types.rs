@@ -4,6 +4,7 @@
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// A WAL position, as PostgreSQL prints it (`16/B374D848`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -60,6 +61,68 @@ pub enum Role {
     Unknown,
 }
 
+/// A distance in WAL, in bytes (e.g. how far a replica's replay is behind the primary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct WalBytes(pub u64);
+
+impl fmt::Display for WalBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Lsn {
+    /// How far `self` is ahead of `earlier`; zero when it is not ahead.
+    pub fn bytes_since(self, earlier: Lsn) -> WalBytes {
+        WalBytes(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// How a node is doing, as its heartbeats tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Answering heartbeats; a replica is within the lag bounds.
+    Up,
+    /// Missed its latest heartbeat. Still the primary for writes (a dead one fails them
+    /// anyway), but reads go elsewhere until it answers again.
+    Suspect,
+    /// Missed heartbeats for longer than two intervals, or never answered: never routed to.
+    Down,
+    /// A replica that answers but is over a lag bound: no reads until back under.
+    Lagging,
+}
+
+/// How far a replica is behind its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Lag {
+    /// Primary WAL position minus this replica's replay position.
+    pub bytes: WalBytes,
+    /// Age of the oldest WAL the replica has not replayed; zero once it replayed
+    /// everything, however long the primary has been idle.
+    pub time: Duration,
+}
+
+impl Serialize for Lag {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Lag", 2)?;
+        st.serialize_field("bytes", &self.bytes)?;
+        st.serialize_field("seconds", &self.time.as_secs_f64())?;
+        st.end()
+    }
+}
+
+/// WAL positions from a node's latest heartbeat. A primary has `current`; a replica
+/// has `receive` and `replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct WalPositions {
+    pub current: Option<Lsn>,
+    pub receive: Option<Lsn>,
+    pub replay: Option<Lsn>,
+}
+
 /// One node as the router sees it in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
@@ -68,8 +131,54 @@ pub struct NodeStatus {
     /// `host:port`, for logs and for connecting.
     pub addr: String,
     pub role: Role,
-    /// Answered its last check. A node that is not up is never routed to.
+    /// Not down (`state != Down`). A node that is not up is never routed to.
     pub up: bool,
+    pub state: NodeState,
+    pub timeline: Option<u32>,
+    pub wal: WalPositions,
+    /// A replica's WAL receiver status (`streaming`, ...), none when it has no receiver.
+    pub wal_receiver: Option<String>,
+    /// A replica's lag behind the primary, when both are known.
+    pub lag: Option<Lag>,
+}
+
+impl NodeStatus {
+    /// A node nothing is known about yet: down, role unknown.
+    pub fn unknown(id: NodeId, name: impl Into<String>, addr: impl Into<String>) -> Self {
+        NodeStatus {
+            id,
+            name: name.into(),
+            addr: addr.into(),
+            role: Role::Unknown,
+            up: false,
+            state: NodeState::Down,
+            timeline: None,
+            wal: WalPositions::default(),
+            wal_receiver: None,
+            lag: None,
+        }
+    }
+
+    /// May take writes: claims the primary role and has not been declared down.
+    pub fn writable(&self) -> bool {
+        self.role == Role::Primary && matches!(self.state, NodeState::Up | NodeState::Suspect)
+    }
+
+    /// May take reads as a replica: answering, and within the lag bounds.
+    pub fn readable_replica(&self) -> bool {
+        self.role == Role::Replica && self.state == NodeState::Up
+    }
+}
+
+/// What a read does when no replica may take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoReplica {
+    /// Read from the primary.
+    #[default]
+    Primary,
+    /// Fail the read (the proxy reports SQLSTATE 57P03).
+    Error,
 }
 
 /// An immutable snapshot of the cluster, published through arc-swap so the hot path
@@ -79,6 +188,9 @@ pub struct Topology {
     pub version: u64,
     pub epoch: Epoch,
     pub nodes: Vec<NodeStatus>,
+    /// The read policy the snapshot was built for, so every decision uses one consistent
+    /// view (and the admin API shows it).
+    pub when_no_replica: NoReplica,
 }
 
 impl Topology {
@@ -86,12 +198,9 @@ impl Topology {
         self.nodes.get(id.0)
     }
 
-    /// The routable primary, if exactly one up node claims the role.
+    /// The routable primary, if exactly one node that is not down claims the role.
     pub fn primary(&self) -> Option<&NodeStatus> {
-        let mut it = self
-            .nodes
-            .iter()
-            .filter(|n| n.up && n.role == Role::Primary);
+        let mut it = self.nodes.iter().filter(|n| n.writable());
         let first = it.next()?;
         match it.next() {
             // Two nodes claiming to be primary: refuse to guess (fencing decides, later).
@@ -100,10 +209,9 @@ impl Topology {
         }
     }
 
+    /// Replicas that may take reads: up and within the lag bounds.
     pub fn replicas(&self) -> impl Iterator<Item = &NodeStatus> {
-        self.nodes
-            .iter()
-            .filter(|n| n.up && n.role == Role::Replica)
+        self.nodes.iter().filter(|n| n.readable_replica())
     }
 }
 
@@ -130,12 +238,17 @@ pub(crate) mod tests {
 
     /// A node for tests; shared with the other modules' tests.
     pub(crate) fn node(id: usize, role: Role, up: bool) -> NodeStatus {
+        let state = if up { NodeState::Up } else { NodeState::Down };
+        node_in(id, role, state)
+    }
+
+    /// A node in a given state.
+    pub(crate) fn node_in(id: usize, role: Role, state: NodeState) -> NodeStatus {
         NodeStatus {
-            id: NodeId(id),
-            name: format!("pg{id}"),
-            addr: String::new(),
             role,
-            up,
+            up: state != NodeState::Down,
+            state,
+            ..NodeStatus::unknown(NodeId(id), format!("pg{id}"), "")
         }
     }
 
@@ -145,6 +258,7 @@ pub(crate) mod tests {
             version: 1,
             epoch: Epoch(0),
             nodes,
+            ..Topology::default()
         };
         assert_eq!(
             t(vec![node(0, Role::Primary, true)])
@@ -168,5 +282,32 @@ pub(crate) mod tests {
             .map(|n| n.id),
             Some(NodeId(1))
         );
+    }
+
+    #[test]
+    fn states_decide_what_a_node_may_take() {
+        use NodeState::*;
+        let cases = [
+            (Role::Primary, Up, true, false),
+            (Role::Primary, Suspect, true, false),
+            (Role::Primary, Down, false, false),
+            (Role::Replica, Up, false, true),
+            (Role::Replica, Suspect, false, false),
+            (Role::Replica, Lagging, false, false),
+            (Role::Replica, Down, false, false),
+            (Role::Unknown, Up, false, false),
+        ];
+        for (role, state, writable, readable) in cases {
+            let n = node_in(0, role, state);
+            assert_eq!(n.writable(), writable, "{role:?} {state:?}");
+            assert_eq!(n.readable_replica(), readable, "{role:?} {state:?}");
+        }
+    }
+
+    #[test]
+    fn wal_distance_saturates() {
+        assert_eq!(Lsn(100).bytes_since(Lsn(40)), WalBytes(60));
+        assert_eq!(Lsn(40).bytes_since(Lsn(100)), WalBytes(0));
+        assert_eq!(WalBytes(7).to_string(), "7B");
     }
 }

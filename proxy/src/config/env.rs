@@ -6,7 +6,7 @@
 //! cannot drift from keys. Per-user passwords (`PGRELAY_USER_<NAME>_PASSWORD`) depend on
 //! the user list and are handled after the table.
 
-use super::units::{parse_duration, parse_size};
+use super::units::{parse_duration, parse_optional_duration, parse_optional_size, parse_size};
 use super::{Config, ConfigError, NodeConfig, Secret, UserConfig};
 use std::str::FromStr;
 
@@ -61,6 +61,15 @@ pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("routing.replica_reads", |c, v| {
         parse_bool(v).map(|b| c.routing.replica_reads = b)
+    }),
+    ("routing.max_replica_lag", |c, v| {
+        parse_optional_duration(v).map(|d| c.routing.max_replica_lag = d)
+    }),
+    ("routing.max_replica_lag_bytes", |c, v| {
+        parse_optional_size(v).map(|s| c.routing.max_replica_lag_bytes = s)
+    }),
+    ("routing.when_no_replica", |c, v| {
+        from_str(&mut c.routing.when_no_replica, v)
     }),
 ];
 
@@ -212,6 +221,7 @@ fn parse_users(value: &str) -> Result<Vec<UserConfig>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ByteSize;
     use std::collections::HashMap;
     use std::time::Duration;
 
@@ -248,10 +258,13 @@ mod tests {
             "PGRELAY_HEALTH_INTERVAL",
             "PGRELAY_HEALTH_TIMEOUT",
             "PGRELAY_ROUTING_REPLICA_READS",
+            "PGRELAY_ROUTING_MAX_REPLICA_LAG",
+            "PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES",
+            "PGRELAY_ROUTING_WHEN_NO_REPLICA",
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 22);
     }
 
     #[test]
@@ -305,6 +318,21 @@ mod tests {
             ("PGRELAY_ROUTING_REPLICA_READS", "off", |c| {
                 !c.routing.replica_reads
             }),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG", "2s", |c| {
+                c.routing.max_replica_lag == Some(Duration::from_secs(2))
+            }),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG", "off", |c| {
+                c.routing.max_replica_lag.is_none()
+            }),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES", "64MiB", |c| {
+                c.routing.max_replica_lag_bytes == Some(ByteSize(64 << 20))
+            }),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES", "0", |c| {
+                c.routing.max_replica_lag_bytes.is_none()
+            }),
+            ("PGRELAY_ROUTING_WHEN_NO_REPLICA", "error", |c| {
+                c.routing.when_no_replica == super::super::WhenNoReplica::Error
+            }),
             (
                 "PGRELAY_NODES",
                 "pg0=127.0.0.1:5432,pg1=127.0.0.1:5433",
@@ -343,6 +371,9 @@ mod tests {
             ("PGRELAY_LIMITS_MAX_MESSAGE_SIZE", "lots"),
             ("PGRELAY_AUTH", "password"),
             ("PGRELAY_ROUTING_REPLICA_READS", "maybe"),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG", "1"),
+            ("PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES", "much"),
+            ("PGRELAY_ROUTING_WHEN_NO_REPLICA", "fail"),
             ("PGRELAY_NODES", "pg0"),
             ("PGRELAY_NODES", "pg0=h:99999"),
             ("PGRELAY_NODES", "pg0=h:1,,pg1=h:2"),

@@ -16,7 +16,9 @@ mod tests;
 pub use env::env_var;
 pub use error::ConfigError;
 pub use secret::Secret;
-pub use units::{parse_duration, parse_size, ByteSize};
+pub use units::{
+    parse_duration, parse_optional_duration, parse_optional_size, parse_size, ByteSize,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -213,9 +215,10 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// How often each node's role is re-checked.
+    /// Time between two heartbeats of one node.
     #[serde(with = "units::duration")]
     pub interval: Duration,
+    /// How long one heartbeat (connecting included) may take.
     #[serde(with = "units::duration")]
     pub timeout: Duration,
 }
@@ -223,7 +226,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(250),
             timeout: Duration::from_secs(1),
         }
     }
@@ -233,12 +236,66 @@ impl Default for HealthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     pub replica_reads: bool,
+    /// A replica further behind than this (in time) takes no reads; `None` ("off" or
+    /// "0s" in the file) switches the bound off.
+    #[serde(with = "units::optional_duration")]
+    pub max_replica_lag: Option<Duration>,
+    /// The same in WAL bytes; `None` ("off" or 0) switches it off.
+    #[serde(with = "units::optional_size")]
+    pub max_replica_lag_bytes: Option<ByteSize>,
+    /// Where a read goes when no replica may take it.
+    pub when_no_replica: WhenNoReplica,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
             replica_reads: true,
+            max_replica_lag: Some(Duration::from_secs(1)),
+            max_replica_lag_bytes: Some(ByteSize(16_000_000)),
+            when_no_replica: WhenNoReplica::Primary,
+        }
+    }
+}
+
+impl RoutingConfig {
+    pub fn lag_bounds(&self) -> router::LagBounds {
+        router::LagBounds {
+            time: self.max_replica_lag,
+            bytes: self
+                .max_replica_lag_bytes
+                .map(|b| router::WalBytes(b.0 as u64)),
+        }
+    }
+}
+
+/// `routing.when_no_replica`: `primary` (read from the primary) or `error` (fail the read
+/// with SQLSTATE 57P03).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenNoReplica {
+    Primary,
+    Error,
+}
+
+impl From<WhenNoReplica> for router::NoReplica {
+    fn from(w: WhenNoReplica) -> Self {
+        match w {
+            WhenNoReplica::Primary => router::NoReplica::Primary,
+            WhenNoReplica::Error => router::NoReplica::Error,
+        }
+    }
+}
+
+impl FromStr for WhenNoReplica {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "primary" => Ok(WhenNoReplica::Primary),
+            "error" => Ok(WhenNoReplica::Error),
+            other => Err(format!(
+                "unknown value {other:?} (expected primary or error)"
+            )),
         }
     }
 }

@@ -34,9 +34,70 @@ fn defaults() {
     assert_eq!(c.limits.max_message_size, ByteSize(64 * 1024 * 1024));
     assert_eq!(c.limits.max_clients, 10_000);
     assert_eq!(c.limits.startup_timeout, Duration::from_secs(10));
-    assert_eq!(c.health.interval, Duration::from_secs(1));
+    assert_eq!(c.health.interval, Duration::from_millis(250));
     assert_eq!(c.health.timeout, Duration::from_secs(1));
     assert!(c.routing.replica_reads);
+    assert_eq!(c.routing.max_replica_lag, Some(Duration::from_secs(1)));
+    assert_eq!(c.routing.max_replica_lag_bytes, Some(ByteSize(16_000_000)));
+    assert_eq!(c.routing.when_no_replica, WhenNoReplica::Primary);
+    assert_eq!(c.routing.lag_bounds(), router::LagBounds::default());
+}
+
+#[test]
+fn lag_bounds_can_be_switched_off_and_round_trip() {
+    let cases: &[(&str, Option<Duration>, Option<usize>)] = &[
+        (
+            "{max_replica_lag: off, max_replica_lag_bytes: off}",
+            None,
+            None,
+        ),
+        (
+            "{max_replica_lag: 0s, max_replica_lag_bytes: 0}",
+            None,
+            None,
+        ),
+        (
+            "{max_replica_lag: 250ms, max_replica_lag_bytes: 1MiB}",
+            Some(Duration::from_millis(250)),
+            Some(1 << 20),
+        ),
+        (
+            "{max_replica_lag_bytes: 4096}",
+            Some(Duration::from_secs(1)),
+            Some(4096),
+        ),
+    ];
+    for (routing, time, bytes) in cases {
+        let yaml = format!("{MINIMAL}routing: {routing}\n");
+        let c = Config::parse(&yaml, no_env).unwrap_or_else(|e| panic!("{routing}: {e}"));
+        assert_eq!(c.routing.max_replica_lag, *time, "{routing}");
+        assert_eq!(
+            c.routing.max_replica_lag_bytes.map(|b| b.0),
+            *bytes,
+            "{routing}"
+        );
+        // What is written back reads back the same.
+        let again = Config::parse(&serde_saphyr::to_string(&c).unwrap(), no_env).unwrap();
+        assert_eq!(again.routing, c.routing);
+    }
+    let c = Config::parse(
+        &format!("{MINIMAL}routing: {{when_no_replica: error}}\n"),
+        no_env,
+    )
+    .unwrap();
+    assert_eq!(
+        router::NoReplica::from(c.routing.when_no_replica),
+        router::NoReplica::Error
+    );
+    for bad in [
+        "{max_replica_lag: 1}",
+        "{max_replica_lag: soon}",
+        "{max_replica_lag_bytes: lots}",
+        "{when_no_replica: fail}",
+    ] {
+        let yaml = format!("{MINIMAL}routing: {bad}\n");
+        assert!(Config::parse(&yaml, no_env).is_err(), "{bad} should fail");
+    }
 }
 
 #[test]

@@ -158,10 +158,149 @@ pub mod duration {
     }
 }
 
+/// A bound that can be switched off: "off" (or a zero value) is `None`.
+fn is_off(text: &str) -> bool {
+    matches!(text.trim(), "off" | "none" | "false")
+}
+
+/// Parses a duration bound: "off" or a zero duration disables it.
+pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    if is_off(text) {
+        return Ok(None);
+    }
+    let d = parse_duration(text).map_err(|e| format!("{e}, or off to switch the bound off"))?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// Parses a size bound: "off" or 0 disables it.
+pub fn parse_optional_size(text: &str) -> Result<Option<ByteSize>, String> {
+    if is_off(text) {
+        return Ok(None);
+    }
+    let s = parse_size(text).map_err(|e| format!("{e}, or off to switch the bound off"))?;
+    Ok((s.0 != 0).then_some(s))
+}
+
+/// `#[serde(with = "units::optional_duration")]`: a duration, or `off` / `0s` for none.
+pub mod optional_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration with a unit, such as 1s or 500ms, or off")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_optional_duration(v).map_err(E::custom)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                // YAML 1.1 readers may turn a bare `off` into false.
+                match v {
+                    false => Ok(None),
+                    true => Err(E::custom("expected a duration or off")),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match v {
+                    0 => Ok(None),
+                    _ => Err(E::custom(format!(
+                        "duration {v} has no unit (write e.g. {v}s or {v}ms)"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom("duration must not be negative")),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+/// `#[serde(with = "units::optional_size")]`: a size, or `off` / `0` for none.
+pub mod optional_size {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Option<ByteSize>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 16MB or 64MiB, or off")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_optional_size(v).map_err(E::custom)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                match v {
+                    false => Ok(None),
+                    true => Err(E::custom("expected a size or off")),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                let s = usize::try_from(v).map_err(|_| E::custom("size too large"))?;
+                Ok((s != 0).then_some(ByteSize(s)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom("size must not be negative")),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<ByteSize>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(b) => s.collect_str(b),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn optional_bounds() {
+        assert_eq!(parse_optional_duration("off"), Ok(None));
+        assert_eq!(parse_optional_duration("0s"), Ok(None));
+        assert_eq!(
+            parse_optional_duration(" 1s "),
+            Ok(Some(Duration::from_secs(1)))
+        );
+        assert!(parse_optional_duration("1").is_err());
+        assert_eq!(parse_optional_size("off"), Ok(None));
+        assert_eq!(parse_optional_size("0"), Ok(None));
+        assert_eq!(parse_optional_size("16MB"), Ok(Some(ByteSize(16_000_000))));
+        assert!(parse_optional_size("lots").is_err());
+    }
 
     #[test]
     fn sizes() {

@@ -286,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let (route, primary) = {
             let topo = self.ctx.topology.load();
             let spread = self.ctx.spread.fetch_add(1, Ordering::Relaxed);
-            let route = router::choose(&topo, class, spread).map_err(|_| ClientError::NoPrimary)?;
+            let route = router::choose(&topo, class, spread, |n| self.ctx.pools.load(n))?;
             (route, topo.primary().map(|p| p.id))
         };
         let result = self.acquire(route.node()).await;
