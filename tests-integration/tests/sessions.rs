@@ -1854,8 +1854,12 @@ async fn idle_session_works(idle: &Client, what: &str) {
 
 /// A cluster for the backend-loss tests, with table `lost`, and an idle session whose
 /// pools are warm on every node.
-async fn lost_env() -> (Env, Client, Client) {
-    let env = start_with(ClusterConfig::default(), |c| {
+async fn lost_env(replicas: usize) -> (Env, Client, Client) {
+    let cluster = ClusterConfig {
+        replicas,
+        ..ClusterConfig::default()
+    };
+    let env = start_with(cluster, |c| {
         trust(c);
         c.pool.size = 3;
     })
@@ -1899,12 +1903,28 @@ async fn next_statement_hears_of_the_loss(raw: &mut Raw, sql: &str, what: &str) 
          unsolicited before it: [{early}], answer: [{}]",
         show_msgs(&answer)
     );
+    assert_eq!(
+        answer.last().map(|m| m.body.clone()),
+        Some(b"E".to_vec()),
+        "{what}: the session was in a transaction, so it is now in a failed one"
+    );
     ms.extend(answer);
     assert!(
         errors(&ms).iter().any(|e| lost(e.sqlstate().as_deref())),
         "{what}: want 57P01/08006, got [{}]",
         show_msgs(&ms)
     );
+    // Until the client ends the lost transaction, its statements must not run on their
+    // own (outside the transaction they were meant for).
+    let again = round(raw, &query_msg(sql), sql).await;
+    assert_eq!(
+        errors(&again).first().and_then(|e| e.sqlstate()).as_deref(),
+        Some("25P02"),
+        "{what}: {sql:?} in the failed transaction: [{}]",
+        show_msgs(&again)
+    );
+    let end = raw_ok(raw, "ROLLBACK").await;
+    assert_eq!(end.last().map(|m| m.body.clone()), Some(b"I".to_vec()));
 }
 
 async fn committed(direct: &Client) -> Vec<i32> {
@@ -1921,7 +1941,7 @@ async fn committed(direct: &Client) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_lost_mid_transaction() {
-    let (env, direct, idle) = lost_env().await;
+    let (env, direct, idle) = lost_env(2).await;
 
     // (a1) A statement pending in a transaction on the primary when its backend is
     // terminated.
@@ -1995,16 +2015,19 @@ async fn backend_lost_mid_transaction() {
     let ms = raw_ok(&mut raw, "SELECT 'alive'").await;
     assert_eq!(rows(&ms)[0][0].as_deref(), Some("alive"));
     let rows_now = committed(&direct).await;
-    assert!(
-        rows_now == [2, 5] || rows_now == [2, 4, 5],
-        "row 3 was lost with its transaction: {rows_now:?}"
+    assert_eq!(
+        rows_now,
+        [2, 5],
+        "rows 3 and 4 were lost with their transaction"
     );
     idle_session_works(&idle, "at the end").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_lost_mid_transaction_replica_killed() {
-    let (env, _direct, idle) = lost_env().await;
+    // One replica, so that both sessions' read-only transactions share it (with two,
+    // the least-loaded choice would keep them apart).
+    let (env, _direct, idle) = lost_env(1).await;
     let c = env.connect().await;
 
     // (b) A read-only transaction on a replica whose node is killed mid-statement.

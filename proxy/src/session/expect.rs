@@ -33,6 +33,13 @@ pub enum Expect {
     /// before the backend announced COPY IN. It tells which earlier Syncs the backend
     /// will ignore (PostgreSQL ignores Sync and Flush during copy-in).
     CopyEnd,
+    /// Not an answer: the client's Parse just before it made statement `id` under
+    /// `client` name in the session. If an error makes the backend skip that Parse, the
+    /// session must forget the statement, as PostgreSQL never created it.
+    Named {
+        client: Box<str>,
+        id: u64,
+    },
 }
 
 /// The kinds of message pgrelay sends on its own behalf.
@@ -46,6 +53,8 @@ pub enum Hidden {
     Close,
     /// The Sync that follows hidden Closes.
     Sync,
+    /// A query that leaves the backend in a failed transaction: its error is expected.
+    Abort,
 }
 
 /// What to do with one backend message.
@@ -64,6 +73,8 @@ pub struct Outcome {
     pub hidden_error: bool,
     /// A hidden message got its last answer.
     pub hidden_done: Option<Hidden>,
+    /// Client statements (name, id) whose Parse did not run.
+    pub unregistered: Vec<(Box<str>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +107,16 @@ impl Expectations {
     /// an error, ignore the rest of the batch until its Sync.
     pub fn skip_to_sync(&mut self) {
         self.skipping = true;
+    }
+
+    /// Does the client wait for any answer (rather than only pgrelay for its own)?
+    pub fn client_waiting(&self) -> bool {
+        self.queue.iter().any(|e| {
+            !matches!(
+                e,
+                Expect::Hidden(_) | Expect::Named { .. } | Expect::CopyEnd
+            )
+        })
     }
 
     /// Outstanding Sync/Query entries: each owes the client one ReadyForQuery.
@@ -155,7 +176,10 @@ impl Expectations {
 
     /// Markers only matter while the message in front of them runs.
     fn settle(&mut self) {
-        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
+        while matches!(
+            self.queue.front(),
+            Some(Expect::CopyEnd | Expect::Named { .. })
+        ) {
             self.queue.pop_front();
         }
     }
@@ -168,10 +192,10 @@ impl Expectations {
             ..Outcome::default()
         };
         out.captured_row = kind == Hidden::Capture && tag == b'D';
-        out.hidden_error = tag == b'E';
+        out.hidden_error = tag == b'E' && kind != Hidden::Abort;
         let ends = match kind {
             Hidden::Close => tag == b'3' || tag == b'E',
-            Hidden::Query | Hidden::Capture | Hidden::Sync => tag == b'Z',
+            Hidden::Query | Hidden::Capture | Hidden::Sync | Hidden::Abort => tag == b'Z',
         };
         if ends {
             self.queue.pop_front();
@@ -184,7 +208,7 @@ impl Expectations {
 
     fn drain_synth(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Some(Expect::Synth(_)) = self.queue.front() {
+        while let Some(Expect::Synth(_) | Expect::Named { .. }) = self.queue.front() {
             if let Some(Expect::Synth(b)) = self.queue.pop_front() {
                 out.push(b);
             }
@@ -220,7 +244,7 @@ impl Expectations {
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
-            Expect::Synth(_) | Expect::CopyEnd | Expect::Hidden(_) => false,
+            Expect::Synth(_) | Expect::CopyEnd | Expect::Hidden(_) | Expect::Named { .. } => false,
         };
         if let Expect::Parse { forward: false, .. } = front {
             out.forward = tag == b'E';
@@ -235,12 +259,13 @@ impl Expectations {
                 if matches!(e, Expect::Sync | Expect::Hidden(Hidden::Sync)) {
                     break;
                 }
-                if let Some(Expect::Parse {
-                    prepared: Some(name),
-                    ..
-                }) = self.queue.pop_front()
-                {
-                    out.unprepared.push(name);
+                match self.queue.pop_front() {
+                    Some(Expect::Parse {
+                        prepared: Some(name),
+                        ..
+                    }) => out.unprepared.push(name),
+                    Some(Expect::Named { client, id }) => out.unregistered.push((client, id)),
+                    _ => {}
                 }
             }
             if self.queue.is_empty() {
@@ -297,6 +322,37 @@ mod tests {
         e.push(Expect::Sync);
         let seen = run(&mut e, b"12DDCZ");
         assert_eq!(seen, ["2", "D", "D", "C", "<3>", "Z"]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn skipped_parses_are_unregistered_and_confirmed_ones_are_not() {
+        let named = |c: &str, id| Expect::Named {
+            client: c.into(),
+            id,
+        };
+        let parse = || Expect::Parse {
+            prepared: Some("pgr_a".into()),
+            forward: true,
+        };
+        let mut e = Expectations::default();
+        // good: ParseComplete answered; bad: fails; later: skipped; then a Sync.
+        e.push(parse());
+        e.push(named("good", 1));
+        e.push(parse());
+        e.push(named("bad", 2));
+        e.push(synth("<1>"));
+        e.push(named("later", 3));
+        e.push(Expect::Sync);
+        assert!(e.on_backend(b'1').unregistered.is_empty());
+        let o = e.on_backend(b'E');
+        let got: Vec<&str> = o.unregistered.iter().map(|(c, _)| &**c).collect();
+        assert_eq!(got, ["bad", "later"]);
+        assert!(e.on_backend(b'Z').ready);
+        assert!(e.is_empty());
+        // With nothing in front, a marker is settled at once.
+        e.push(synth("<1>"));
+        e.push(named("x", 4));
         assert!(e.is_empty());
     }
 

@@ -27,24 +27,39 @@ pub fn ends_unit(tag: u8) -> bool {
 
 /// The strongest requirement among the unit's statements: Pin over Write over Read.
 /// Anything pgrelay cannot read is treated as a write, so it runs on the primary.
+/// A Bind or Describe names the statement as the unit itself last parsed it, if it did:
+/// the session's older statement of that name (above all the unnamed one) is replaced.
 pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
     let mut class = Class::Read;
+    let mut parsed: Vec<(&str, Class)> = Vec::new();
+    let named = |parsed: &[(&str, Class)], name: &str| {
+        parsed
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .or_else(|| stmts.get(name).map(|s| s.class))
+            .unwrap_or(Class::Read)
+    };
     for f in frames {
         let c = match f.tag() {
             b'Q' => protocol::frontend::query(f)
                 .map(classify)
                 .unwrap_or(Class::Write),
-            b'P' => protocol::frontend::parse(f)
-                .map(|p| classify(p.sql))
-                .unwrap_or(Class::Write),
+            b'P' => match protocol::frontend::parse(f) {
+                Ok(p) => {
+                    let c = classify(p.sql);
+                    parsed.push((p.name, c));
+                    c
+                }
+                Err(_) => Class::Write,
+            },
             b'B' => match protocol::frontend::bind(f) {
-                Ok(b) => stmts.get(b.statement).map_or(Class::Read, |s| s.class),
+                Ok(b) => named(&parsed, b.statement),
                 Err(_) => Class::Write,
             },
             b'D' => match protocol::frontend::describe(f) {
-                Ok(d) if d.kind == protocol::ObjectKind::Statement => {
-                    stmts.get(d.name).map_or(Class::Read, |s| s.class)
-                }
+                Ok(d) if d.kind == protocol::ObjectKind::Statement => named(&parsed, d.name),
                 Ok(_) => Class::Read,
                 Err(_) => Class::Write,
             },
@@ -84,6 +99,42 @@ pub fn releases(sql: &str) -> Option<Release> {
     }
 }
 
+/// Does the unit only end a transaction (ROLLBACK, ABORT, COMMIT, END), by simple
+/// Query or by Parse? Savepoint rollbacks and two-phase commands do not count.
+pub fn ends_transaction(frames: &[Frame]) -> bool {
+    let ends = |sql: &str| {
+        let words: Vec<String> = sql
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .take(2)
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        matches!(
+            w.as_slice(),
+            ["rollback" | "abort" | "commit" | "end"]
+                | [
+                    "rollback" | "abort" | "commit" | "end",
+                    "work" | "transaction" | "and"
+                ]
+        )
+    };
+    let mut any = false;
+    for f in frames {
+        let sql = match f.tag() {
+            b'Q' => protocol::frontend::query(f).ok(),
+            b'P' => protocol::frontend::parse(f).ok().map(|p| p.sql),
+            _ => continue,
+        };
+        match sql {
+            Some(sql) if ends(sql) => any = true,
+            _ => return false,
+        }
+    }
+    any
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
     All,
@@ -115,6 +166,69 @@ mod tests {
         ];
         for (a, b, want) in cases {
             assert_eq!(stronger(a, b), want, "{a:?} + {b:?}");
+        }
+    }
+
+    fn parse(name: &str, sql: &str) -> Frame {
+        let body = [name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat();
+        Frame::from_parts(b'P', &body).unwrap()
+    }
+
+    fn bind(stmt: &str) -> Frame {
+        let body = [b"\0", stmt.as_bytes(), b"\0\0\0\0\0\0\0"].concat();
+        Frame::from_parts(b'B', &body).unwrap()
+    }
+
+    fn sync() -> Frame {
+        Frame::from_parts(b'S', &[]).unwrap()
+    }
+
+    #[test]
+    fn unit_class_uses_the_units_own_parse() {
+        let mut stmts = Statements::default();
+        let insert = "INSERT INTO t VALUES (1)";
+        for (name, sql) in [("", insert), ("w", insert), ("r", "SELECT 1")] {
+            let stmt = super::super::statements::Statement::new(
+                name.into(),
+                bytes::Bytes::new(),
+                classify(sql),
+            );
+            stmts.insert(name, stmt);
+        }
+        let cases: Vec<(Vec<Frame>, Class)> = vec![
+            // The session's unnamed statement is an INSERT; the unit replaces it.
+            (vec![parse("", "SELECT 1"), bind(""), sync()], Class::Read),
+            (vec![bind(""), sync()], Class::Write),
+            (vec![parse("", insert), bind(""), sync()], Class::Write),
+            (vec![bind("w"), sync()], Class::Write),
+            (vec![bind("r"), sync()], Class::Read),
+            (vec![parse("x", "SELECT 2"), bind("x"), sync()], Class::Read),
+            (vec![bind("unknown"), sync()], Class::Read),
+        ];
+        for (unit, want) in cases {
+            assert_eq!(unit_class(&unit, &stmts), want, "{unit:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_enders() {
+        let q = |sql: &str| Frame::from_parts(b'Q', &[sql.as_bytes(), b"\0"].concat()).unwrap();
+        let cases = [
+            (vec![q("ROLLBACK")], true),
+            (vec![q("rollback;")], true),
+            (vec![q("ABORT")], true),
+            (vec![q("COMMIT")], true),
+            (vec![q("end transaction")], true),
+            (vec![q("ROLLBACK AND NO CHAIN")], true),
+            (vec![parse("", "ROLLBACK"), bind(""), sync()], true),
+            (vec![q("ROLLBACK TO SAVEPOINT a")], false),
+            (vec![q("COMMIT PREPARED 'x'")], false),
+            (vec![q("INSERT INTO t VALUES (1)")], false),
+            (vec![parse("", "SELECT 1"), bind(""), sync()], false),
+            (vec![sync()], false),
+        ];
+        for (unit, want) in cases {
+            assert_eq!(ends_transaction(&unit), want, "{unit:?}");
         }
     }
 

@@ -90,6 +90,15 @@ impl Statements {
         }
     }
 
+    /// The Parse that made statement `id` never ran (an earlier error in its batch made
+    /// the server skip it, or it failed itself): forget it, unless the name has been
+    /// reused since.
+    pub fn forget_if(&mut self, client_name: &str, id: u64) {
+        if self.get(client_name).is_some_and(|s| s.id == id) {
+            self.remove(client_name);
+        }
+    }
+
     /// A simple Query destroys the unnamed statement, as in PostgreSQL.
     pub fn forget_unnamed(&mut self) {
         self.unnamed = None;

@@ -67,6 +67,8 @@ pub struct Engine<S> {
     queued_bytes: usize,
     /// The unit on the current lease is still open (sent up to a Flush, not a Sync).
     streaming: bool,
+    /// The last message sent was a Flush: the client may be waiting for answers.
+    flushed: bool,
     tx: TxStatus,
     /// Why the session keeps one backend (the first reason, for logs), and every
     /// reason still in force: the pin ends when the last one is released.
@@ -83,6 +85,8 @@ pub struct Engine<S> {
     /// Custom setting names the session has touched (pg_settings does not list them).
     custom_names: std::collections::BTreeSet<String>,
     captured: Settings,
+    /// The lease is kept only until the settings read-back answers.
+    capturing: bool,
     hold: Option<Hold>,
     /// Swallowing a replica's 25006 answer; the held unit re-runs on the primary.
     retrying: Option<Vec<Frame>>,
@@ -90,6 +94,12 @@ pub struct Engine<S> {
     /// A unit failed before reaching a backend; drop messages until Sync, then answer it.
     client_skip: bool,
     last_error_fatal: bool,
+    /// The backend was lost while the client was not waiting: the error its next unit
+    /// gets instead of running.
+    lost: Option<bytes::Bytes>,
+    /// The session's transaction was lost: the next backend starts in a failed
+    /// transaction, so the client's statements fail (25P02) until it ends it.
+    abort_pending: bool,
     closing: bool,
 }
 
@@ -118,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             queued: VecDeque::new(),
             queued_bytes: 0,
             streaming: false,
+            flushed: false,
             tx: TxStatus::Idle,
             pinned: None,
             pin_reasons: Vec::new(),
@@ -126,11 +137,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             settings_dirty: false,
             custom_names: Default::default(),
             captured: Vec::new(),
+            capturing: false,
             hold: None,
             retrying: None,
             force_primary: false,
             client_skip: false,
             last_error_fatal: false,
+            lost: None,
+            abort_pending: false,
             closing: false,
         }
     }
@@ -214,11 +228,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// May the next client message go straight to the leased backend? Yes inside a
     /// transaction, a pinned session, an open unit, or on the primary (where anything
     /// may run); no for a new unit on a replica lease, which must be routed afresh.
+    ///
+    /// Two exceptions: a lease kept only to read settings back takes nothing new (the
+    /// next unit is routed afresh once it is released), and a unit left open on a
+    /// replica by a Flush takes only reads: anything else waits for the replica's
+    /// answers and then moves to the primary.
     fn can_stream(&self) -> bool {
-        self.streaming
-            || self.pinned.is_some()
-            || self.tx != TxStatus::Idle
-            || matches!(self.route, Some(Route::Primary(_)))
+        if self.capturing {
+            return false;
+        }
+        let replica = matches!(self.route, Some(Route::Replica(_)));
+        !replica || self.pinned.is_some() || self.tx != TxStatus::Idle
     }
 
     /// Route and send queued units while a backend can take them.
@@ -232,7 +252,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             };
             if self.lease.is_some() {
                 if !self.can_stream() {
-                    return Ok(()); // wait for the current unit to finish
+                    if !self.leave_open_replica_unit(n)? {
+                        return Ok(()); // wait for the current unit to finish
+                    }
+                    continue;
                 }
                 for _ in 0..n {
                     if let Some(f) = self.pop_queued() {
@@ -242,8 +265,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 continue;
             }
             let unit: Vec<Frame> = (0..n).filter_map(|_| self.pop_queued()).collect();
+            if let Some(notice) = self.lost.take() {
+                if self.abort_pending && super::route::ends_transaction(&unit) {
+                    // The client is ending the transaction that was lost: it is over.
+                    self.abort_pending = false;
+                    self.tx = TxStatus::Idle;
+                }
+                self.refuse_unit(&unit, &notice);
+                continue;
+            }
             let mut class = unit_class(&unit, &self.stmts);
-            if std::mem::take(&mut self.force_primary) && class == Class::Read {
+            // A lost transaction is recreated (failed) on the primary, where whatever the
+            // client pipelines after its ROLLBACK can run too.
+            let force = std::mem::take(&mut self.force_primary) || self.abort_pending;
+            if force && class == Class::Read {
                 class = Class::Write;
             }
             if let Err(e) = self.lease_for(class).await {
@@ -266,6 +301,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
         }
         Ok(())
+    }
+
+    /// A replica unit left open by a Flush, and `n` more queued frames for it. Reads
+    /// go on there (true). Anything else needs the primary: once the replica has
+    /// answered everything, its lease is let go so the frames are routed afresh (true);
+    /// until then, wait (false). The session's statements are re-prepared on the
+    /// primary as needed; portals of the open unit do not move, as none can be used by
+    /// a statement that needs the primary without a new Bind.
+    ///
+    /// The rest of a unit too big to queue whole is not a new unit: it always follows.
+    fn leave_open_replica_unit(&mut self, n: usize) -> Result<bool, ClientError> {
+        if !self.streaming || self.capturing {
+            return Ok(false);
+        }
+        let pending: Vec<Frame> = self.queued.iter().take(n).cloned().collect();
+        if !self.flushed || unit_class(&pending, &self.stmts) == Class::Read {
+            for _ in 0..n {
+                if let Some(f) = self.pop_queued() {
+                    self.send(f)?;
+                }
+            }
+            return Ok(true);
+        }
+        if !self.exp.is_empty() {
+            return Ok(false);
+        }
+        self.streaming = false;
+        self.release();
+        Ok(true)
     }
 
     fn pop_queued(&mut self) -> Option<Frame> {
@@ -333,7 +397,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// Answer a unit that never reached a backend with an error, and keep the session.
     fn fail_unit(&mut self, unit: &[Frame], err: &ClientError) {
         tracing::debug!(error = %err, "unit failed before reaching a backend");
-        self.out.extend_from_slice(&err.to_message(false));
+        self.refuse_unit(unit, &err.to_message(false));
+    }
+
+    /// Answer a unit with `error` instead of running it: ReadyForQuery follows when the
+    /// unit ends with one owed, else the rest of the batch is ignored up to its Sync.
+    fn refuse_unit(&mut self, unit: &[Frame], error: &[u8]) {
+        self.out.extend_from_slice(error);
         match unit.last().map(Frame::tag) {
             Some(b'S' | b'Q' | b'F') => self
                 .out
@@ -395,6 +465,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             conn.settings = self.settings.clone();
         }
+        if std::mem::take(&mut self.abort_pending) {
+            // Recreate the failed transaction the client believes it is in.
+            self.wbuf
+                .extend_from_slice(&protocol::frontend::build_query(
+                    "BEGIN; SELECT 1/0 AS pgrelay_lost_transaction",
+                )?);
+            self.exp.push(Expect::Hidden(Hidden::Abort));
+        }
         Ok(())
     }
 
@@ -422,6 +500,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// Read back the settings the session's statements left on this backend.
     fn capture_settings(&mut self) -> Result<(), ClientError> {
         self.settings_dirty = false;
+        self.capturing = true;
         self.captured.clear();
         let sql = settings::capture_sql(&self.custom_names);
         self.wbuf

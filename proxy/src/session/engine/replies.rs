@@ -10,6 +10,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             return Ok(());
         };
         let conn = lease.conn();
+        let mut lost = false;
         while let Some(frame) = protocol::parse_frame(&mut conn.rbuf, self.ctx.backend_max_message)
             .map_err(|e| ClientError::Backend(e.into()))?
         {
@@ -17,6 +18,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             let o = self.exp.on_backend(tag);
             if o.captured_row || o.hidden_error || o.hidden_done.is_some() {
                 own_answer(conn, &frame, &o, &mut self.captured, &mut self.settings);
+                if o.hidden_done == Some(Hidden::Capture) {
+                    self.capturing = false;
+                }
             }
             let mut downgraded = None;
             if tag == b'E' && !o.hidden_error {
@@ -31,7 +35,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                         &message,
                     )
                     .with_hint("pgrelay keeps the session; the next statement gets a new server connection");
-                    downgraded = Some(protocol::backend::error_response(&e));
+                    let e = protocol::backend::error_response(&e);
+                    // Nothing follows a FATAL: the backend is gone from now on, so nothing
+                    // more is sent to it.
+                    lost = true;
+                    if !self.exp.client_waiting() {
+                        // Nobody is waiting: keep it for the next unit, if the loss
+                        // matters to the session at all.
+                        self.lost = Some(e);
+                        self.last_error_fatal = false;
+                        break;
+                    }
+                    downgraded = Some(e);
                 }
                 let read_only = fields.as_ref().is_some_and(|f| f.code == Some("25006"));
                 if read_only && self.retrying.is_none() {
@@ -45,6 +60,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             for name in &o.unprepared {
                 conn.prepared.remove(name);
+            }
+            for (client, id) in &o.unregistered {
+                self.stmts.forget_if(client, *id);
             }
             if self.retrying.is_some() {
                 continue; // swallowing the replica's answer
@@ -63,6 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             for s in o.synth {
                 self.out.extend_from_slice(&s);
             }
+            if lost {
+                break;
+            }
             if o.ready {
                 self.tx =
                     protocol::backend::ready_for_query_status(&frame).unwrap_or(TxStatus::Idle);
@@ -70,6 +91,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     self.hold = None;
                 }
             }
+        }
+        if lost {
+            self.backend_lost();
+            return Ok(());
         }
         if let Some(hold) = &self.hold {
             if self.out.len() - hold.mark > HOLD_CAP {
@@ -121,11 +146,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
         }
         self.route = None;
+        self.capturing = false;
         self.cancel.slot.clear();
     }
 
-    /// The backend went away mid-session. The client hears about it with an error and a
-    /// ReadyForQuery for everything it is waiting on, and keeps its session.
+    /// The backend went away mid-session. The client keeps its session and hears about
+    /// the loss once: at once if it is waiting for answers, else in answer to its next
+    /// unit. A transaction that was open is gone; the session stays in a failed
+    /// transaction (as after any error) until the client ends it, so that statements it
+    /// meant for that transaction never run on their own.
     pub(super) fn backend_lost(&mut self) {
         let node = self
             .lease
@@ -134,12 +163,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             .unwrap_or_default();
         tracing::warn!(%node, user = %self.id.user, "backend connection lost");
         let owed = self.exp.pending_ready();
+        let waiting = self.exp.client_waiting();
         self.exp.clear();
         self.lease = None; // dropped, not returned: its state is unknown
         self.route = None;
+        self.capturing = false;
         self.cancel.slot.clear();
         self.hold = None;
         self.streaming = false;
+        self.flushed = false;
         if let Some(frames) = self.retrying.take() {
             // The replica died while refusing a write: just run it on the primary.
             for f in frames.into_iter().rev() {
@@ -149,27 +181,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.force_primary = true;
             return;
         }
-        if !self.last_error_fatal {
+        let in_tx = self.tx != TxStatus::Idle;
+        let pinned = self.pinned;
+        let notice = self.lost.take().unwrap_or_else(|| {
             let mut msg = format!("connection to node {node} was lost");
-            if self.tx != TxStatus::Idle {
+            if in_tx {
                 msg.push_str("; the transaction was rolled back");
             }
-            if let Some(reason) = self.pinned {
+            if let Some(reason) = pinned {
                 msg.push_str(&format!("; session state ({reason}) on it was lost"));
             }
-            self.out
-                .extend_from_slice(&crate::errors::error("08006", &msg));
-        }
-        self.last_error_fatal = false;
+            crate::errors::error("08006", &msg)
+        });
+        let told = std::mem::take(&mut self.last_error_fatal);
         self.unpin();
-        self.tx = TxStatus::Idle;
-        if owed == 0 {
-            self.client_skip = true;
+        self.tx = if in_tx {
+            TxStatus::Failed
+        } else {
+            TxStatus::Idle
+        };
+        self.abort_pending = in_tx;
+        if waiting {
+            if !told {
+                self.out.extend_from_slice(&notice);
+            }
+            for i in 0..owed {
+                if i > 0 {
+                    // Units the client sent before it could know: none of them ran.
+                    self.out.extend_from_slice(&notice);
+                }
+                self.out
+                    .extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+            }
+            if owed == 0 {
+                // An extended batch was cut short: as after an error, the rest of it is
+                // ignored up to its Sync.
+                self.skip_queued_to_sync();
+            }
+        } else if in_tx || pinned.is_some() {
+            self.lost = Some(notice);
         }
-        for _ in 0..owed {
-            self.out
-                .extend_from_slice(&protocol::backend::ready_for_query(TxStatus::Idle));
+    }
+
+    /// Ignore client messages up to the next Sync, which gets a ReadyForQuery: first
+    /// those already queued, then (through `client_skip`) those still to come.
+    fn skip_queued_to_sync(&mut self) {
+        while let Some(f) = self.pop_queued() {
+            if f.tag() == b'S' {
+                self.out
+                    .extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+                return;
+            }
         }
+        self.client_skip = true;
     }
 }
 

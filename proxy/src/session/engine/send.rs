@@ -18,6 +18,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let conn = lease.conn();
         let mut due = Vec::new();
         let mut pin = None;
+        let mut named: Option<(Box<str>, u64)> = None;
         match tag {
             b'P' => {
                 let p = protocol::frontend::parse(&f)?;
@@ -39,6 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 } else if p.name.is_empty() {
                     let stmt = Statement::new("".into(), f.as_bytes().clone(), class);
                     conn.unnamed = Some(stmt.id);
+                    named = Some(("".into(), stmt.id));
                     self.stmts.insert("", stmt);
                     self.wbuf.extend_from_slice(f.as_bytes());
                     due = self.exp.push(Expect::Parse {
@@ -50,6 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     let parse = protocol::frontend::rewrite_parse_name(&f, &name)?;
                     let client_name = p.name.to_string();
                     let stmt = Statement::new(name.clone(), parse.clone(), class);
+                    named = Some((client_name.as_str().into(), stmt.id));
                     self.stmts.insert(&client_name, stmt);
                     if conn.prepared.contains(&name) {
                         due = self
@@ -157,6 +160,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             b'H' | b'd' => self.wbuf.extend_from_slice(f.as_bytes()),
             other => return Err(ClientError::UnexpectedMessage(other as char)),
         }
+        if let Some((client, id)) = named {
+            due.extend(self.exp.push(Expect::Named { client, id }));
+        }
         for b in due {
             self.out.extend_from_slice(&b);
         }
@@ -168,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         } else if !matches!(tag, b'd' | b'c' | b'f') {
             self.streaming = true;
         }
+        self.flushed = tag == b'H';
         Ok(())
     }
 }
