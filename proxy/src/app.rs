@@ -9,6 +9,7 @@ use crate::session::{serve_client, NodeInfo, Shared, UserAuth};
 use health::{ControlCreds, HealthMonitor, NodeSpec};
 use router::NodeId;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -108,6 +109,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
                 password: u.password.expose().to_string(),
                 method: config.auth_for(u),
                 scram: protocol::auth::ScramVerifier::new(u.password.expose()),
+                consistency: u.consistency,
             };
             (u.name.clone(), auth)
         })
@@ -143,6 +145,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         pins_total: Default::default(),
         prepared_limit: config.pool.prepared_statements_limit,
         read_only_retries: Default::default(),
+        consistency: config.routing.consistency,
+        ryw_timeout: config.routing.read_your_writes_timeout,
+        ryw: Default::default(),
+        observed_replay: specs.iter().map(|_| AtomicU64::new(0)).collect(),
     });
 
     // A node that went down takes its idle pooled connections with it; the monitor holds
@@ -151,6 +157,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
     let on_down: health::OnDown = Arc::new(move |node| {
         if let Some(shared) = weak.upgrade() {
             shared.pools.clear_node(node);
+            if let Some(seen) = shared.observed_replay.get(node.0) {
+                seen.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     });
     let (monitor, heartbeats) = HealthMonitor::spawn(

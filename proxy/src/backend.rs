@@ -104,6 +104,10 @@ pub struct BackendConn {
     pub discard: bool,
     /// Identity of the session statement currently in the unnamed slot, if any.
     pub unnamed: Option<u64>,
+    /// The highest replay position this connection's server reported. A lower bound of
+    /// what it shows now: a server that restarted (and may show less) would have
+    /// closed this connection.
+    pub replay_seen: router::Lsn,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -187,6 +191,7 @@ impl BackendConn {
             settings: Vec::new(),
             discard: false,
             unnamed: None,
+            replay_seen: router::Lsn(0),
             created: now,
             last_used: now,
         })

@@ -39,6 +39,7 @@ pub fn demo_config(c: &cluster::Cluster, listen: SocketAddr, admin_listen: Socke
             name: cluster::APP_USER.into(),
             password: Secret::new(cluster::APP_PASSWORD),
             auth: None,
+            consistency: None,
         }],
         ..Config::default()
     };

@@ -23,6 +23,8 @@ pub enum ClientError {
     AuthProtocol(String),
     #[error("pgrelay does not accept replication connections")]
     Replication,
+    #[error("{0}")]
+    InvalidSetting(#[from] router::ConsistencyParseError),
     #[error("sorry, too many clients already (limits.max_clients is {0})")]
     TooManyClients(usize),
     #[error("timed out after {0:?} waiting for the startup packet and authentication")]
@@ -62,6 +64,7 @@ impl ClientError {
             Self::UnexpectedMessage(_) => "08P01",
             Self::UnsupportedProtocol { .. } | Self::Replication => "0A000",
             Self::AuthFailed(_) => "28P01",
+            Self::InvalidSetting(_) => "22023",
             Self::TooManyClients(_) => "53300",
             Self::StartupTimeout(_) => "08006",
             Self::NoPrimary | Self::NoNode | Self::NoReplica => "57P03",

@@ -2,7 +2,7 @@
 //! Pure and stateless so that every decision can be replayed in a test; the caller owns
 //! the counter that spreads reads.
 
-use crate::{Class, NoReplica, NodeId, Topology};
+use crate::{Class, NoReplica, NodeId, NodeStatus, Topology};
 
 /// Where a statement goes, and in which capacity: a read that fell back to the primary
 /// is still `Primary`, so the caller can count fallbacks.
@@ -59,28 +59,36 @@ pub fn choose(
     };
     match class {
         Class::Write | Class::Session | Class::Pin(_) => primary(),
-        Class::Read => {
-            let Some(least) = topology.replicas().map(|n| load(n.id)).min() else {
-                return match topology.when_no_replica {
-                    NoReplica::Primary => primary(),
-                    NoReplica::Error => Err(NoNode::NoReplica),
-                };
-            };
-            // Loads are read again: a racing lease may change one, which only matters
-            // for fairness, never for correctness (every candidate is eligible).
-            let least_loaded = || topology.replicas().filter(|n| load(n.id) <= least);
-            let count = least_loaded().count().max(1);
-            // usize -> u64 never truncates on supported targets; the remainder is < count.
-            let index = usize::try_from(spread % count as u64).unwrap_or(0);
-            match least_loaded()
-                .nth(index)
-                .or_else(|| topology.replicas().next())
-            {
-                Some(replica) => Ok(Route::Replica(replica.id)),
-                None => primary(),
-            }
-        }
+        Class::Read => match least_loaded(|| topology.replicas(), spread, load) {
+            Some(id) => Ok(Route::Replica(id)),
+            None => match topology.when_no_replica {
+                NoReplica::Primary => primary(),
+                NoReplica::Error => Err(NoNode::NoReplica),
+            },
+        },
     }
+}
+
+/// The least loaded of `candidates`, rotating among equals by `spread`. The iterator is
+/// walked more than once, so loads are read again: a racing lease may change one, which
+/// only matters for fairness, never for correctness (every candidate is eligible).
+pub(crate) fn least_loaded<'a, I>(
+    candidates: impl Fn() -> I,
+    spread: u64,
+    load: impl Fn(NodeId) -> usize,
+) -> Option<NodeId>
+where
+    I: Iterator<Item = &'a NodeStatus>,
+{
+    let least = candidates().map(|n| load(n.id)).min()?;
+    let count = candidates().filter(|n| load(n.id) <= least).count().max(1);
+    // usize -> u64 never truncates on supported targets; the remainder is < count.
+    let index = usize::try_from(spread % count as u64).unwrap_or(0);
+    candidates()
+        .filter(|n| load(n.id) <= least)
+        .nth(index)
+        .or_else(|| candidates().next())
+        .map(|n| n.id)
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 
 pub mod choose;
 pub mod classify;
+pub mod consistency;
 pub mod lag;
 pub mod types;
 
 pub use choose::{choose, NoNode, Route};
 pub use classify::{classify, Class, PinReason};
+pub use consistency::{choose_read, Consistency, ConsistencyParseError, ReadChoice};
 pub use lag::LagBounds;
 pub use types::{
     Epoch, Lag, Lsn, NoReplica, NodeId, NodeState, NodeStatus, Role, Topology, WalBytes,

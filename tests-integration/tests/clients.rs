@@ -15,8 +15,12 @@ async fn prepared_statements_survive_many_transactions_and_backends() {
     c.batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text)")
         .await
         .expect("ddl");
-    // Read-your-writes is a later issue: until then, let the replicas catch up.
     env.wait_for_replay().await;
+    // At level `eventual` reads are spread over both replicas (a `session` session stays
+    // on one while it can), so statements must move between nodes.
+    c.batch_execute("SET pgrelay.consistency = eventual")
+        .await
+        .expect("eventual");
     let read = c
         .prepare("SELECT $1::int + 1 AS n, inet_server_port() AS port")
         .await

@@ -12,7 +12,7 @@ use cluster::ClusterConfig;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tests_integration::{start, Env};
+use tests_integration::{start_with, Env};
 
 /// How long one driver script may run before the test gives up on it.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -135,10 +135,17 @@ where
     })
 }
 
+/// The driver scripts check protocol compatibility and that reads spread over both
+/// replicas; at level `session` a session stays on one replica and a read right after a
+/// write may go to the primary (tests/consistency.rs covers that level).
+fn eventual(c: &mut pgrelay::config::Config) {
+    c.routing.consistency = pgrelay::router::Consistency::Eventual;
+}
+
 /// Starts a 1+2 cluster with pgrelay in front and runs `driver`'s script against it.
 async fn run_driver(driver: Driver, mode: Mode) {
     let (program, lead) = script_command(driver);
-    let env = start(ClusterConfig::default()).await;
+    let env = start_with(ClusterConfig::default(), eventual).await;
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&lead).args(connection_args(&env, mode));
@@ -889,7 +896,7 @@ async fn sqlx_pool(ctx: &Sqlx<'_>) -> StepResult {
 /// Runs the sqlx steps in order; a failed step is reported and the next ones still run
 /// (on a fresh connection), so one run shows every failure.
 async fn run_sqlx(mode: SqlxMode) {
-    let env = start(ClusterConfig::default()).await;
+    let env = start_with(ClusterConfig::default(), eventual).await;
     let ctx = Sqlx {
         env: &env,
         mode,

@@ -3,7 +3,7 @@
 
 use cluster::ClusterConfig;
 use std::collections::HashSet;
-use tests_integration::{start, Env};
+use tests_integration::{start, start_with, Env};
 
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
     let msgs = c
@@ -43,7 +43,12 @@ async fn setup(env: &Env) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_reads_land_on_replicas_evenly() {
-    let env = start(ClusterConfig::default()).await;
+    // At level `session` one session stays on one replica (monotonic reads); spreading
+    // one session's reads is what `eventual` does.
+    let env = start_with(ClusterConfig::default(), |c| {
+        c.routing.consistency = pgrelay::router::Consistency::Eventual;
+    })
+    .await;
     let c = setup(&env).await;
     let replicas: HashSet<u16> = env.replica_ports().into_iter().collect();
     let mut seen = HashSet::new();

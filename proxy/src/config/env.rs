@@ -71,6 +71,12 @@ pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     ("routing.when_no_replica", |c, v| {
         from_str(&mut c.routing.when_no_replica, v)
     }),
+    ("routing.consistency", |c, v| {
+        from_str(&mut c.routing.consistency, v)
+    }),
+    ("routing.read_your_writes_timeout", |c, v| {
+        parse_duration(v).map(|d| c.routing.read_your_writes_timeout = d)
+    }),
 ];
 
 /// The variable that overrides `key`: `pool.size` → `PGRELAY_POOL_SIZE`.
@@ -213,6 +219,7 @@ fn parse_users(value: &str) -> Result<Vec<UserConfig>, String> {
                 name: name.trim().to_string(),
                 password: Secret::new(password),
                 auth: None,
+                consistency: None,
             })
         })
         .collect()
@@ -261,10 +268,12 @@ mod tests {
             "PGRELAY_ROUTING_MAX_REPLICA_LAG",
             "PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES",
             "PGRELAY_ROUTING_WHEN_NO_REPLICA",
+            "PGRELAY_ROUTING_CONSISTENCY",
+            "PGRELAY_ROUTING_READ_YOUR_WRITES_TIMEOUT",
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 24);
     }
 
     #[test]

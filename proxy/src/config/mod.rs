@@ -101,6 +101,9 @@ pub struct UserConfig {
     /// Overrides the global `auth` for this user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthMethod>,
+    /// Overrides `routing.consistency` for this user's sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<router::Consistency>,
 }
 
 /// Credentials pgrelay uses for its own checks (role discovery, LSNs, failover).
@@ -245,6 +248,12 @@ pub struct RoutingConfig {
     pub max_replica_lag_bytes: Option<ByteSize>,
     /// Where a read goes when no replica may take it.
     pub when_no_replica: WhenNoReplica,
+    /// The consistency level of a session that does not choose one (users may override).
+    pub consistency: router::Consistency,
+    /// How long a read waits for a replica to replay the session's floor before it goes
+    /// to the primary.
+    #[serde(with = "units::duration")]
+    pub read_your_writes_timeout: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -254,6 +263,8 @@ impl Default for RoutingConfig {
             max_replica_lag: Some(Duration::from_secs(1)),
             max_replica_lag_bytes: Some(ByteSize(16_000_000)),
             when_no_replica: WhenNoReplica::Primary,
+            consistency: router::Consistency::Session,
+            read_your_writes_timeout: Duration::from_millis(100),
         }
     }
 }

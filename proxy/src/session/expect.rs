@@ -55,6 +55,24 @@ pub enum Hidden {
     Sync,
     /// A query that leaves the backend in a failed transaction: its error is expected.
     Abort,
+    /// The primary's WAL insert position after a committed write: the session's floor.
+    WriteLsn,
+    /// A replica's replay position, checked before a read that is held back until the
+    /// answer shows the replica is at the session's floor.
+    ReplayCheck,
+    /// A replica's replay position after a read: an upper bound of what the read saw.
+    /// It may run inside the client's transaction, so an error is no reason for alarm.
+    ReplayAfter,
+}
+
+impl Hidden {
+    /// Kinds whose single DataRow is a WAL position.
+    pub fn reads_lsn(self) -> bool {
+        matches!(
+            self,
+            Hidden::WriteLsn | Hidden::ReplayCheck | Hidden::ReplayAfter
+        )
+    }
 }
 
 /// What to do with one backend message.
@@ -69,6 +87,8 @@ pub struct Outcome {
     pub synth: Vec<Bytes>,
     /// A DataRow of a [`Hidden::Capture`] query.
     pub captured_row: bool,
+    /// A DataRow carrying a WAL position, and which kind of query asked for it.
+    pub lsn_row: Option<Hidden>,
     /// An ErrorResponse to a hidden message (already kept from the client).
     pub hidden_error: bool,
     /// A hidden message got its last answer.
@@ -192,10 +212,11 @@ impl Expectations {
             ..Outcome::default()
         };
         out.captured_row = kind == Hidden::Capture && tag == b'D';
-        out.hidden_error = tag == b'E' && kind != Hidden::Abort;
+        out.lsn_row = (kind.reads_lsn() && tag == b'D').then_some(kind);
+        out.hidden_error = tag == b'E' && !matches!(kind, Hidden::Abort | Hidden::ReplayAfter);
         let ends = match kind {
             Hidden::Close => tag == b'3' || tag == b'E',
-            Hidden::Query | Hidden::Capture | Hidden::Sync | Hidden::Abort => tag == b'Z',
+            _ => tag == b'Z',
         };
         if ends {
             self.queue.pop_front();

@@ -1,6 +1,7 @@
 //! One client session: login (`startup`), then the data path (`engine`), with the
 //! statement cache, the expectation queue and unit routing as pure helpers.
 
+pub mod consistency;
 pub mod engine;
 pub mod expect;
 pub mod route;
@@ -28,6 +29,7 @@ pub struct UserAuth {
     pub password: String,
     pub method: AuthMethod,
     pub scram: protocol::auth::ScramVerifier,
+    pub consistency: Option<router::Consistency>,
 }
 
 /// State shared by every session of the process.
@@ -49,6 +51,13 @@ pub struct Shared {
     /// Prepared statements kept per backend before the least recently used are closed.
     pub prepared_limit: usize,
     pub read_only_retries: AtomicU64,
+    /// The level of sessions whose user and client choose none.
+    pub consistency: router::Consistency,
+    pub ryw_timeout: Duration,
+    pub ryw: consistency::RywStats,
+    /// Per node, the highest replay position any session saw there (raw LSN). Reset
+    /// when the node goes down, since a restarted replica may show less.
+    pub observed_replay: Vec<AtomicU64>,
 }
 
 /// Serve one client connection from its first byte to its last.

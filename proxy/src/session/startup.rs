@@ -119,12 +119,14 @@ fn identity(m: &StartupMessage) -> Result<ClientIdentity, ClientError> {
         .filter(|(k, _)| k != "user" && k != "database" && k != "replication")
         .cloned()
         .collect();
+    let consistency = super::consistency::take_startup_level(&mut params)?;
     params.sort();
     Ok(ClientIdentity {
         user,
         database,
         password: None,
         params,
+        consistency,
     })
 }
 

@@ -6,6 +6,7 @@
 //! at (ReadyForQuery, ErrorResponse, ParameterStatus and the answers that the
 //! expectation queue counts). DataRow is never decoded.
 
+mod floor;
 mod replies;
 mod send;
 
@@ -43,11 +44,15 @@ pub struct ClientIdentity {
     pub password: Option<String>,
     /// Startup parameters other than user and database: part of the pool key.
     pub params: Vec<(String, String)>,
+    /// The level asked for at connect time (`options=-c pgrelay.consistency=...`).
+    pub consistency: Option<router::Consistency>,
 }
 
 struct Hold {
     frames: Vec<Frame>,
     mark: usize,
+    /// Statements the unit's Parses added to the session: a re-run adds them again.
+    registered: Vec<(Box<str>, u64)>,
 }
 
 pub struct Engine<S> {
@@ -100,6 +105,24 @@ pub struct Engine<S> {
     /// The session's transaction was lost: the next backend starts in a failed
     /// transaction, so the client's statements fail (25P02) until it ends it.
     abort_pending: bool,
+    /// Consistency: the session's level, and what RESET goes back to.
+    level: router::Consistency,
+    default_level: router::Consistency,
+    /// No read may see the database older than this (see `floor.rs`).
+    floor: router::Lsn,
+    /// The replica the session last read from, preferred while it is at the floor.
+    sticky: Option<NodeId>,
+    /// A statement that may write ran on the primary since the floor was last learnt.
+    wrote: bool,
+    /// Statements ran on a replica since its position was last read.
+    replica_dirty: bool,
+    global: floor::GlobalProbe,
+    /// The floor a pending replica check must show, and whether it did.
+    check: Option<router::Lsn>,
+    check_passed: bool,
+    /// A checked replica was behind this floor: wait for it before the read re-runs.
+    stale: Option<router::Lsn>,
+    ryw_deadline: Option<std::time::Instant>,
     closing: bool,
 }
 
@@ -112,6 +135,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         rest: BytesMut,
     ) -> Self {
         let nodes = ctx.nodes.len();
+        let default_level = ctx
+            .users
+            .get(&id.user)
+            .and_then(|u| u.consistency)
+            .unwrap_or(ctx.consistency);
+        let level = id.consistency.unwrap_or(default_level);
         Engine {
             client,
             ctx,
@@ -145,6 +174,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             last_error_fatal: false,
             lost: None,
             abort_pending: false,
+            level,
+            default_level,
+            floor: router::Lsn(0),
+            sticky: None,
+            wrote: false,
+            replica_dirty: false,
+            global: Default::default(),
+            check: None,
+            check_passed: false,
+            stale: None,
+            ryw_deadline: None,
             closing: false,
         }
     }
@@ -211,7 +251,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 continue;
             }
-            if self.queued.is_empty() && self.lease.is_some() && self.can_stream() {
+            let ours = frame.tag() == b'Q'
+                && protocol::frontend::query(&frame)
+                    .ok()
+                    .and_then(crate::session::consistency::intercept)
+                    .is_some();
+            if self.queued.is_empty() && self.lease.is_some() && self.can_stream() && !ours {
                 self.send(frame)?;
             } else {
                 let boundary = is_boundary(frame.tag());
@@ -250,6 +295,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 None if self.queued_bytes >= QUEUE_CAP => self.queued.len(),
                 None => return Ok(()),
             };
+            if let Some(cmd) = self.intercepted(n) {
+                if self.exp.client_waiting() || self.capturing {
+                    return Ok(()); // answered in order, once what is ahead is answered
+                }
+                self.pop_queued();
+                self.run_command(cmd);
+                continue;
+            }
             if self.lease.is_some() {
                 if !self.can_stream() {
                     if !self.leave_open_replica_unit(n)? {
@@ -264,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 continue;
             }
-            let unit: Vec<Frame> = (0..n).filter_map(|_| self.pop_queued()).collect();
+            let mut unit: Vec<Frame> = (0..n).filter_map(|_| self.pop_queued()).collect();
             if let Some(notice) = self.lost.take() {
                 if self.abort_pending && super::route::ends_transaction(&unit) {
                     // The client is ending the transaction that was lost: it is over.
@@ -275,29 +328,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 continue;
             }
             let mut class = unit_class(&unit, &self.stmts);
+            let ends = unit.last().is_some_and(|f| ends_unit(f.tag()));
+            let retryable = self.pinned.is_none() && self.tx == TxStatus::Idle && ends;
+            if class == Class::Read {
+                let level = self.level;
+                if level == router::Consistency::Primary {
+                    class = Class::Write;
+                } else if level == router::Consistency::Global && self.global_first(&mut unit).await
+                {
+                    return Ok(()); // the read waits for the primary's position
+                }
+            }
             // A lost transaction is recreated (failed) on the primary, where whatever the
             // client pipelines after its ROLLBACK can run too.
             let force = std::mem::take(&mut self.force_primary) || self.abort_pending;
             if force && class == Class::Read {
                 class = Class::Write;
             }
-            if let Err(e) = self.lease_for(class).await {
-                self.fail_unit(&unit, &e);
-                continue;
-            }
+            let check = match self.lease_for(class, retryable).await {
+                Ok(check) => check,
+                Err(e) => {
+                    self.fail_unit(&unit, &e);
+                    continue;
+                }
+            };
             if let Class::Pin(reason) = class {
                 self.pin(reason);
             }
-            let ends = unit.last().is_some_and(|f| ends_unit(f.tag()));
-            let retryable = self.pinned.is_none() && self.tx == TxStatus::Idle && ends;
-            if matches!(self.route, Some(Route::Replica(_))) && retryable {
+            let replica = matches!(self.route, Some(Route::Replica(_)));
+            if replica {
+                self.sticky = self.route.map(|r| r.node());
+            }
+            if replica && retryable {
                 self.hold = Some(Hold {
                     frames: unit.clone(),
                     mark: self.out.len(),
+                    registered: Vec::new(),
                 });
+            }
+            if let Some(floor) = check {
+                self.check = Some(floor);
+                self.push_lsn_query(Hidden::ReplayCheck)?;
             }
             for f in unit {
                 self.send(f)?;
+            }
+            if replica && ends && self.level.tracks_floor() {
+                // What this read saw is bounded by the replica's position right after it.
+                self.replica_dirty = false;
+                self.push_lsn_query(Hidden::ReplayAfter)?;
             }
         }
         Ok(())
@@ -332,6 +411,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         Ok(true)
     }
 
+    /// Undo what a held unit produced, so that it can run again elsewhere unseen.
+    fn start_retry(&mut self, hold: Hold) {
+        self.out.truncate(hold.mark);
+        for (client, id) in &hold.registered {
+            self.stmts.forget_if(client, *id);
+        }
+        self.retrying = Some(hold.frames);
+    }
+
     fn pop_queued(&mut self) -> Option<Frame> {
         let f = self.queued.pop_front()?;
         self.queued_bytes -= f.len();
@@ -340,18 +428,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     /// Lease a backend on the node the router picks for `class`. A replica that cannot be
     /// reached is not the client's problem: the read falls back to the primary.
-    async fn lease_for(&mut self, class: Class) -> Result<(), ClientError> {
+    ///
+    /// A read with a floor goes where the floor is known to be replayed, or to the most
+    /// advanced replica to be checked on the way (`retryable` units only). Returns the
+    /// floor to check, if any.
+    async fn lease_for(
+        &mut self,
+        class: Class,
+        retryable: bool,
+    ) -> Result<Option<router::Lsn>, ClientError> {
         let class = if class == Class::Read && !self.ctx.replica_reads {
             Class::Write
         } else {
             class
         };
         // Decide from one snapshot, and let go of it before waiting on the pool.
-        let (route, primary) = {
+        let (route, primary, known_fresh) = {
             let topo = self.ctx.topology.load();
             let spread = self.ctx.spread.fetch_add(1, Ordering::Relaxed);
-            let route = router::choose(&topo, class, spread, |n| self.ctx.pools.load(n))?;
-            (route, topo.primary().map(|p| p.id))
+            let load = |n| self.ctx.pools.load(n);
+            let (route, known_fresh) = if class == Class::Read && self.level.tracks_floor() {
+                let replayed = |n: NodeId| {
+                    let heard = topo.node(n).and_then(|s| s.wal.replay).unwrap_or_default();
+                    let seen = self
+                        .ctx
+                        .observed_replay
+                        .get(n.0)
+                        .map_or(0, |a| a.load(Ordering::Relaxed));
+                    heard.max(router::Lsn(seen))
+                };
+                let c =
+                    router::choose_read(&topo, self.floor, self.sticky, spread, load, replayed)?;
+                (c.route, c.known_fresh)
+            } else {
+                (router::choose(&topo, class, spread, load)?, true)
+            };
+            (route, topo.primary().map(|p| p.id), known_fresh)
         };
         let result = self.acquire(route.node()).await;
         let (route, lease) = match (result, route) {
@@ -363,11 +475,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             (Err(e), _) => return Err(e),
         };
+        let (route, lease, check) = match route {
+            Route::Replica(_) => {
+                let seen = lease.conn_ref().replay_seen;
+                match self.vet_replica(seen, known_fresh, retryable) {
+                    floor::Vet::Go => (route, lease, None),
+                    floor::Vet::Check(floor) => (route, lease, Some(floor)),
+                    floor::Vet::Primary => {
+                        lease.release();
+                        let primary = primary.ok_or(ClientError::NoPrimary)?;
+                        (Route::Primary(primary), self.acquire(primary).await?, None)
+                    }
+                }
+            }
+            Route::Primary(_) => (route, lease, None),
+        };
         let conn = lease.conn_ref();
         self.cancel.slot.set(lease.pool().addr(), &conn.cancel);
         self.lease = Some(lease);
         self.route = Some(route);
-        self.prepare_backend()
+        self.prepare_backend()?;
+        Ok(check)
     }
 
     async fn acquire(&mut self, node: NodeId) -> Result<Lease, ClientError> {

@@ -6,19 +6,32 @@ use super::*;
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// Handle every whole message the backend sent.
     pub(super) fn process_backend(&mut self) -> Result<(), ClientError> {
-        let Some(lease) = self.lease.as_mut() else {
-            return Ok(());
-        };
-        let conn = lease.conn();
         let mut lost = false;
-        while let Some(frame) = protocol::parse_frame(&mut conn.rbuf, self.ctx.backend_max_message)
-            .map_err(|e| ClientError::Backend(e.into()))?
-        {
+        loop {
+            let Some(lease) = self.lease.as_mut() else {
+                return Ok(());
+            };
+            let Some(frame) =
+                protocol::parse_frame(&mut lease.conn().rbuf, self.ctx.backend_max_message)
+                    .map_err(|e| ClientError::Backend(e.into()))?
+            else {
+                break;
+            };
             let tag = frame.tag();
             let o = self.exp.on_backend(tag);
             if o.captured_row || o.hidden_error || o.hidden_done.is_some() {
+                let conn = lease.conn();
                 own_answer(conn, &frame, &o, &mut self.captured, &mut self.settings);
-                if o.hidden_done == Some(Hidden::Capture) {
+                if o.hidden_done == Some(Hidden::Capture) && self.exp.is_empty() {
+                    self.capturing = false;
+                }
+            }
+            if let Some(lsn) = o.lsn_row.zip(super::floor::lsn_of(&frame)) {
+                self.on_lsn(lsn.0, lsn.1);
+            }
+            if let Some(kind) = o.hidden_done.filter(|k| k.reads_lsn()) {
+                self.lsn_query_done(kind);
+                if self.exp.is_empty() {
                     self.capturing = false;
                 }
             }
@@ -52,12 +65,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 if read_only && self.retrying.is_none() {
                     if let Some(hold) = self.hold.take() {
                         // Undo everything this unit produced; it runs again on the primary.
-                        self.out.truncate(hold.mark);
-                        self.retrying = Some(hold.frames);
+                        self.start_retry(hold);
                         self.ctx.read_only_retries.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
+            let Some(lease) = self.lease.as_mut() else {
+                return Ok(());
+            };
+            let conn = lease.conn();
             for name in &o.unprepared {
                 conn.prepared.remove(name);
             }
@@ -87,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if o.ready {
                 self.tx =
                     protocol::backend::ready_for_query_status(&frame).unwrap_or(TxStatus::Idle);
-                if self.exp.is_empty() {
+                if !self.exp.client_waiting() {
                     self.hold = None;
                 }
             }
@@ -113,19 +129,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             && self.tx == TxStatus::Idle
         {
             if let Some(frames) = self.retrying.take() {
+                match self.stale.take() {
+                    // Behind the floor: wait for this replica a little, then re-route.
+                    Some(floor) => self.wait_for_floor(floor).await,
+                    // Refused as a write (25006): the primary it is.
+                    None => self.force_primary = true,
+                }
                 self.release();
                 for f in frames.into_iter().rev() {
                     self.queued_bytes += f.len();
                     self.queued.push_front(f);
                 }
-                self.force_primary = true;
             } else {
+                self.ryw_deadline = None;
                 if self.releasing.is_some() {
                     self.apply_release();
                 }
+                let mut keep = self.learn_floor()?;
                 if self.settings_dirty {
                     // Keep the backend until its settings are read back.
                     self.capture_settings()?;
+                    keep = true;
+                }
+                if keep {
+                    // Answers to pgrelay's own queries are due first.
                 } else if self.pinned.is_none() {
                     self.release();
                 } else {

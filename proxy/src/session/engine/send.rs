@@ -19,6 +19,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let mut due = Vec::new();
         let mut pin = None;
         let mut named: Option<(Box<str>, u64)> = None;
+        // May this message make the session's transaction write? (Reads the router
+        // proved read-only cannot; anything else, a FunctionCall included, may.)
+        let mut writes = tag == b'F';
         match tag {
             b'P' => {
                 let p = protocol::frontend::parse(&f)?;
@@ -74,6 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 if stmt.is_some_and(|s| s.class == Class::Session) {
                     self.settings_dirty = true;
                 }
+                writes = stmt.is_none_or(|s| matches!(s.class, Class::Write | Class::Pin(_)));
                 forward_renamed(
                     conn,
                     stmt,
@@ -129,7 +133,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             b'Q' => {
                 let sql = protocol::frontend::query(&f)?;
-                match router::classify(sql) {
+                let class = router::classify(sql);
+                writes = matches!(class, Class::Write | Class::Pin(_));
+                match class {
                     Class::Pin(r) => pin = Some(r),
                     Class::Session => {
                         self.settings_dirty = true;
@@ -159,6 +165,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             b'H' | b'd' => self.wbuf.extend_from_slice(f.as_bytes()),
             other => return Err(ClientError::UnexpectedMessage(other as char)),
+        }
+        if matches!(tag, b'Q' | b'B' | b'F' | b'E') {
+            match self.route {
+                Some(Route::Primary(_)) if writes => self.wrote = true,
+                Some(Route::Replica(_)) => self.replica_dirty = true,
+                _ => {}
+            }
+        }
+        if let (Some(named), Some(hold)) = (&named, self.hold.as_mut()) {
+            hold.registered.push(named.clone());
         }
         if let Some((client, id)) = named {
             due.extend(self.exp.push(Expect::Named { client, id }));

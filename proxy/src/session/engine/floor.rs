@@ -1,0 +1,282 @@
+//! Read-your-writes and monotonic reads: the session's read floor, how it is learnt
+//! (the primary's WAL position after a committed write, a replica's replay position
+//! after a read, a causal token), and how a read is kept off replicas behind it.
+//!
+//! Every position is read with a hidden query pipelined with the client's own traffic:
+//! after a write commits, on the backend that is already leased; before a replica read,
+//! in the same write as the read, whose answer is held back until the check passes.
+
+use super::*;
+use crate::session::consistency::{self as cons, Command, Shown};
+use router::{Consistency, Lsn};
+use std::time::{Duration, Instant};
+
+const WRITE_LSN_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+/// A promoted replica has no replay position; its own WAL position bounds what it shows.
+const REPLAY_LSN_SQL: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
+                              pg_catalog.pg_current_wal_insert_lsn())";
+
+/// What to do with a replica leased for a read with a floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Vet {
+    Go,
+    Check(Lsn),
+    Primary,
+}
+
+/// Where a `global` read stands in learning the primary's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum GlobalProbe {
+    #[default]
+    Idle,
+    Asking,
+    /// The floor is raised: the next read may go.
+    Ready,
+    /// The primary did not answer with a position: the next read goes to the primary.
+    Failed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
+    /// Is `unit` a lone `pgrelay.*` statement that pgrelay answers itself?
+    pub(super) fn intercepted(&self, n: usize) -> Option<Command> {
+        if n != 1 {
+            return None;
+        }
+        let f = self.queued.front().filter(|f| f.tag() == b'Q')?;
+        protocol::frontend::query(f).ok().and_then(cons::intercept)
+    }
+
+    /// Answer a `pgrelay.*` statement, as PostgreSQL would answer a SET or SHOW.
+    pub(super) fn run_command(&mut self, cmd: Command) {
+        let answer = match cmd {
+            Command::SetConsistency(level) => {
+                self.level = level;
+                cons::set_answer(false)
+            }
+            Command::ResetConsistency => {
+                self.level = self.default_level;
+                cons::set_answer(true)
+            }
+            Command::SetMinReadLsn(lsn) => {
+                self.floor = self.floor.max(lsn);
+                cons::set_answer(false)
+            }
+            Command::Show(what) => {
+                let value = match what {
+                    Shown::Consistency => self.level.to_string(),
+                    Shown::LastWriteLsn | Shown::MinReadLsn => self.floor.to_string(),
+                };
+                cons::show_answer(what.name(), &value)
+            }
+            Command::Invalid { code, message } => crate::errors::error(code, &message),
+        };
+        self.out.extend_from_slice(&answer);
+        self.out
+            .extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+    }
+
+    /// A `global` read must first learn the primary's position. True when the unit has
+    /// been put back to wait for it.
+    pub(super) async fn global_first(&mut self, unit: &mut Vec<Frame>) -> bool {
+        match std::mem::take(&mut self.global) {
+            GlobalProbe::Ready => return false,
+            GlobalProbe::Failed => {
+                self.force_primary = true;
+                return false;
+            }
+            GlobalProbe::Idle | GlobalProbe::Asking => {}
+        }
+        if self.lease_for(Class::Write, false).await.is_err() {
+            self.force_primary = true; // the read itself will report the failure
+            return false;
+        }
+        if self.push_lsn_query(Hidden::WriteLsn).is_err() {
+            self.force_primary = true;
+            return false;
+        }
+        self.global = GlobalProbe::Asking;
+        self.capturing = true;
+        for f in std::mem::take(unit).into_iter().rev() {
+            self.queued_bytes += f.len();
+            self.queued.push_front(f);
+        }
+        true
+    }
+
+    pub(super) fn push_lsn_query(&mut self, kind: Hidden) -> Result<(), ClientError> {
+        let sql = match kind {
+            Hidden::WriteLsn => WRITE_LSN_SQL,
+            _ => REPLAY_LSN_SQL,
+        };
+        self.wbuf
+            .extend_from_slice(&protocol::frontend::build_query(sql)?);
+        self.exp.push(Expect::Hidden(kind));
+        if kind == Hidden::WriteLsn {
+            self.ctx.ryw.write_lsn_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A replica leased for a read: may it serve the session's floor as is, must it be
+    /// checked in the same round trip (`retryable` units only), or must the read go to
+    /// the primary instead?
+    pub(super) fn vet_replica(&self, replay_seen: Lsn, known_fresh: bool, retryable: bool) -> Vet {
+        let floor = self.floor;
+        if !self.level.tracks_floor() || floor == Lsn(0) {
+            return Vet::Go;
+        }
+        let stats = &self.ctx.ryw;
+        if replay_seen >= floor || (known_fresh && !retryable) {
+            stats.replica_known.fetch_add(1, Ordering::Relaxed);
+            Vet::Go
+        } else if retryable {
+            stats.replica_checked.fetch_add(1, Ordering::Relaxed);
+            Vet::Check(floor)
+        } else {
+            stats.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
+            Vet::Primary
+        }
+    }
+
+    /// A WAL position arrived for one of pgrelay's queries.
+    pub(super) fn on_lsn(&mut self, kind: Hidden, lsn: Lsn) {
+        match kind {
+            Hidden::WriteLsn => {
+                self.floor = self.floor.max(lsn);
+                if self.global == GlobalProbe::Asking {
+                    self.global = GlobalProbe::Ready;
+                }
+            }
+            Hidden::ReplayCheck | Hidden::ReplayAfter => {
+                self.note_replay(lsn);
+                if kind == Hidden::ReplayCheck {
+                    self.check_passed = self.check.is_some_and(|floor| lsn >= floor);
+                } else if self.level.tracks_floor() {
+                    self.floor = self.floor.max(lsn);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The leased replica has replayed at least `lsn`: remember it for the connection
+    /// and for the node.
+    fn note_replay(&mut self, lsn: Lsn) {
+        if let Some(lease) = self.lease.as_mut() {
+            let conn = lease.conn();
+            conn.replay_seen = conn.replay_seen.max(lsn);
+            if let Some(seen) = self.ctx.observed_replay.get(conn.node.0) {
+                seen.fetch_max(lsn.0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// One of pgrelay's LSN queries got its last answer.
+    pub(super) fn lsn_query_done(&mut self, kind: Hidden) {
+        match kind {
+            Hidden::WriteLsn if self.global == GlobalProbe::Asking => {
+                self.global = GlobalProbe::Failed;
+            }
+            Hidden::ReplayCheck => {
+                let floor = self.check.take();
+                if std::mem::take(&mut self.check_passed) {
+                    self.sticky = self.route.map(|r| r.node());
+                    return;
+                }
+                // The replica is behind the floor: nothing of the read reaches the
+                // client; it runs again once a replica is there, or on the primary.
+                if let Some(hold) = self.hold.take() {
+                    self.start_retry(hold);
+                    self.stale = floor;
+                    self.ctx.ryw.stale_retries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a write's transaction is over, or a read on a replica: learn the position
+    /// the session's floor moves to. True when a query was sent (keep the lease).
+    pub(super) fn learn_floor(&mut self) -> Result<bool, ClientError> {
+        let primary = matches!(self.route, Some(Route::Primary(_)));
+        if std::mem::take(&mut self.wrote) && primary && self.level != Consistency::Eventual {
+            self.push_lsn_query(Hidden::WriteLsn)?;
+            self.capturing = true;
+            return Ok(true);
+        }
+        if std::mem::take(&mut self.replica_dirty) && !primary && self.level.tracks_floor() {
+            self.push_lsn_query(Hidden::ReplayAfter)?;
+            self.capturing = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The checked replica was behind the floor. Wait on it, up to
+    /// `routing.read_your_writes_timeout` from the first try, asking its position again;
+    /// then let the read be routed afresh (it goes where the floor is known to be, or to
+    /// the primary).
+    pub(super) async fn wait_for_floor(&mut self, floor: Lsn) {
+        let deadline = *self
+            .ryw_deadline
+            .get_or_insert_with(|| Instant::now() + self.ctx.ryw_timeout);
+        let mut step = Duration::from_millis(1);
+        let mut caught_up = false;
+        while Instant::now() + step <= deadline {
+            tokio::time::sleep(step).await;
+            step = (step * 2).min(Duration::from_millis(16));
+            let Some(lease) = self.lease.as_mut() else {
+                break;
+            };
+            match replay_position(lease.conn()).await {
+                Some(lsn) => {
+                    self.note_replay(lsn);
+                    if lsn >= floor {
+                        caught_up = true;
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if caught_up {
+            self.ctx.ryw.waited.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ctx
+                .ryw
+                .primary_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            self.force_primary = true;
+        }
+    }
+}
+
+/// Ask a leased, idle replica connection for its replay position, outside the
+/// expectation queue (nothing else is in flight on it).
+async fn replay_position(conn: &mut crate::backend::BackendConn) -> Option<Lsn> {
+    let query = protocol::frontend::build_query(REPLAY_LSN_SQL).ok()?;
+    conn.stream.write_all(&query).await.ok()?;
+    let mut lsn = None;
+    loop {
+        while let Ok(Some(frame)) = protocol::parse_frame(&mut conn.rbuf, 1 << 16) {
+            match frame.tag() {
+                b'D' => lsn = lsn_of(&frame),
+                b'E' => conn.discard = true,
+                b'Z' => return lsn.filter(|_| !conn.discard),
+                _ => {}
+            }
+        }
+        if conn.stream.read_buf(&mut conn.rbuf).await.ok()? == 0 {
+            conn.discard = true;
+            return None;
+        }
+    }
+}
+
+/// The WAL position in a one-column DataRow.
+pub(super) fn lsn_of(frame: &Frame) -> Option<Lsn> {
+    match protocol::backend::data_row_text(frame).ok()?.as_slice() {
+        [Some(text)] => text.parse().ok(),
+        _ => None,
+    }
+}
