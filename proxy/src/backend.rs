@@ -108,6 +108,8 @@ pub struct BackendConn {
     /// what it shows now: a server that restarted (and may show less) would have
     /// closed this connection.
     pub replay_seen: router::Lsn,
+    /// pgrelay's own WAL-position statements are prepared here (write, replay).
+    pub own_prepared: [bool; 2],
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -192,6 +194,7 @@ impl BackendConn {
             discard: false,
             unnamed: None,
             replay_seen: router::Lsn(0),
+            own_prepared: [false; 2],
             created: now,
             last_used: now,
         })

@@ -41,9 +41,12 @@ async fn admin_get(env: &Env, path: &str) -> String {
     body.to_string()
 }
 
+/// Level `eventual`: these tests watch lag-based routing, where one session's reads
+/// spread over every eligible replica (at `session` it stays on one while it can).
 fn tweak(c: &mut pgrelay::config::Config) {
     c.health.interval = INTERVAL;
     c.routing.max_replica_lag = Some(BOUND);
+    c.routing.consistency = pgrelay::router::Consistency::Eventual;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

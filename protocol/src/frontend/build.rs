@@ -39,6 +39,33 @@ pub fn build_cancel_request(pid: u32, key: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Run statement `name` (no parameters, text results) through the unnamed portal, up
+/// to and including its Sync; with `sql`, prepare it first in the same batch. For the
+/// proxy's own small queries: a prepared statement skips parsing and planning.
+pub fn build_run_prepared(name: &str, sql: Option<&str>) -> Result<Bytes, DecodeError> {
+    check_name(name)?;
+    let mut buf = BytesMut::with_capacity(64 + sql.map_or(0, str::len));
+    if let Some(sql) = sql {
+        check_name(sql)?;
+        write_message(&mut buf, Some(b'P'), |b| {
+            put_cstr(b, name.as_bytes());
+            put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0u16.to_be_bytes());
+        });
+    }
+    write_message(&mut buf, Some(b'B'), |b| {
+        put_cstr(b, b"");
+        put_cstr(b, name.as_bytes());
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no parameters, text
+    });
+    write_message(&mut buf, Some(b'E'), |b| {
+        put_cstr(b, b"");
+        b.extend_from_slice(&0u32.to_be_bytes());
+    });
+    buf.extend_from_slice(&build_sync());
+    Ok(buf.freeze())
+}
+
 /// Close of a prepared statement (kind 'S').
 pub fn build_close_statement(name: &str) -> Result<Bytes, DecodeError> {
     check_name(name)?;
@@ -88,6 +115,25 @@ mod tests {
         assert_eq!(build_terminate(), b.split().freeze());
         pp::close(b'S', "s1", &mut b).unwrap();
         assert_eq!(build_close_statement("s1").unwrap(), b.split().freeze());
+        let run = |b: &mut BytesMut| {
+            type Boxed = Box<dyn std::error::Error + Sync + Send>;
+            let no_param =
+                |_: (), _: &mut BytesMut| -> Result<_, Boxed> { Ok(postgres_protocol::IsNull::No) };
+            let none = std::iter::empty::<i16>;
+            pp::bind("", "s1", none(), std::iter::empty(), no_param, none(), b)
+                .map_err(|_| ())
+                .unwrap();
+            pp::execute("", 0, b).unwrap();
+            pp::sync(b);
+        };
+        pp::parse("s1", "select 1", std::iter::empty(), &mut b).unwrap();
+        run(&mut b);
+        assert_eq!(
+            build_run_prepared("s1", Some("select 1")).unwrap(),
+            b.split().freeze()
+        );
+        run(&mut b);
+        assert_eq!(build_run_prepared("s1", None).unwrap(), b.split().freeze());
         pp::cancel_request(7, 0x01020304, &mut b);
         assert_eq!(build_cancel_request(7, &[1, 2, 3, 4]), b.split().freeze());
         pp::startup_message([("user", "u"), ("database", "d")], &mut b).unwrap();

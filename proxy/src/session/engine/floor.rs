@@ -90,7 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.force_primary = true; // the read itself will report the failure
             return false;
         }
-        if self.push_lsn_query(Hidden::WriteLsn).is_err() {
+        if self.push_lsn_query(Hidden::WriteLsn, true).is_err() {
             self.force_primary = true;
             return false;
         }
@@ -103,13 +103,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         true
     }
 
-    pub(super) fn push_lsn_query(&mut self, kind: Hidden) -> Result<(), ClientError> {
-        let sql = match kind {
-            Hidden::WriteLsn => WRITE_LSN_SQL,
-            _ => REPLAY_LSN_SQL,
+    /// Send one of pgrelay's WAL-position queries. Known to run outside a transaction
+    /// (`prepared`), it is a statement prepared once per backend (no parsing or planning
+    /// after the first); where the client's transaction may be open (and may have
+    /// failed), a simple query, whose failure harms nothing.
+    pub(super) fn push_lsn_query(
+        &mut self,
+        kind: Hidden,
+        prepared: bool,
+    ) -> Result<(), ClientError> {
+        let (slot, name, sql) = match kind {
+            Hidden::WriteLsn => (0, "pgrelay_write_lsn", WRITE_LSN_SQL),
+            _ => (1, "pgrelay_replay_lsn", REPLAY_LSN_SQL),
         };
-        self.wbuf
-            .extend_from_slice(&protocol::frontend::build_query(sql)?);
+        match self.lease.as_mut().map(|l| l.conn()) {
+            Some(conn) if prepared => {
+                let first = !std::mem::replace(&mut conn.own_prepared[slot], true);
+                self.wbuf
+                    .extend_from_slice(&protocol::frontend::build_run_prepared(
+                        name,
+                        first.then_some(sql),
+                    )?);
+            }
+            _ => self
+                .wbuf
+                .extend_from_slice(&protocol::frontend::build_query(sql)?),
+        }
         self.exp.push(Expect::Hidden(kind));
         if kind == Hidden::WriteLsn {
             self.ctx.ryw.write_lsn_reads.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +192,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     /// One of pgrelay's LSN queries got its last answer.
     pub(super) fn lsn_query_done(&mut self, kind: Hidden) {
+        if kind == Hidden::WriteLsn {
+            self.learning_write = false;
+        }
         match kind {
             Hidden::WriteLsn if self.global == GlobalProbe::Asking => {
                 self.global = GlobalProbe::Failed;
@@ -200,12 +222,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) fn learn_floor(&mut self) -> Result<bool, ClientError> {
         let primary = matches!(self.route, Some(Route::Primary(_)));
         if std::mem::take(&mut self.wrote) && primary && self.level != Consistency::Eventual {
-            self.push_lsn_query(Hidden::WriteLsn)?;
-            self.capturing = true;
+            self.push_lsn_query(Hidden::WriteLsn, true)?;
+            self.learning_write = true;
             return Ok(true);
         }
         if std::mem::take(&mut self.replica_dirty) && !primary && self.level.tracks_floor() {
-            self.push_lsn_query(Hidden::ReplayAfter)?;
+            self.push_lsn_query(Hidden::ReplayAfter, true)?;
             self.capturing = true;
             return Ok(true);
         }

@@ -92,6 +92,9 @@ pub struct Engine<S> {
     captured: Settings,
     /// The lease is kept only until the settings read-back answers.
     capturing: bool,
+    /// The lease is kept until the primary's WAL position after a write answers; units
+    /// that need the primary may go on meanwhile, reads wait for the new floor.
+    learning_write: bool,
     hold: Option<Hold>,
     /// Swallowing a replica's 25006 answer; the held unit re-runs on the primary.
     retrying: Option<Vec<Frame>>,
@@ -167,6 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             custom_names: Default::default(),
             captured: Vec::new(),
             capturing: false,
+            learning_write: false,
             hold: None,
             retrying: None,
             force_primary: false,
@@ -279,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// replica by a Flush takes only reads: anything else waits for the replica's
     /// answers and then moves to the primary.
     fn can_stream(&self) -> bool {
-        if self.capturing {
+        if self.capturing || self.learning_write {
             return false;
         }
         let replica = matches!(self.route, Some(Route::Replica(_)));
@@ -368,7 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             if let Some(floor) = check {
                 self.check = Some(floor);
-                self.push_lsn_query(Hidden::ReplayCheck)?;
+                self.push_lsn_query(Hidden::ReplayCheck, true)?;
             }
             for f in unit {
                 self.send(f)?;
@@ -376,7 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if replica && ends && self.level.tracks_floor() {
                 // What this read saw is bounded by the replica's position right after it.
                 self.replica_dirty = false;
-                self.push_lsn_query(Hidden::ReplayAfter)?;
+                self.push_lsn_query(Hidden::ReplayAfter, false)?;
             }
         }
         Ok(())
@@ -391,10 +395,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     ///
     /// The rest of a unit too big to queue whole is not a new unit: it always follows.
     fn leave_open_replica_unit(&mut self, n: usize) -> Result<bool, ClientError> {
+        let pending: Vec<Frame> = self.queued.iter().take(n).cloned().collect();
+        if self.learning_write && !self.capturing {
+            // Learning the floor after a write: what needs the primary anyway follows at
+            // once on this backend; a read waits for the floor to be routed.
+            if self.tx == TxStatus::Idle && unit_class(&pending, &self.stmts) == Class::Read {
+                return Ok(false);
+            }
+            for _ in 0..n {
+                if let Some(f) = self.pop_queued() {
+                    self.send(f)?;
+                }
+            }
+            return Ok(true);
+        }
         if !self.streaming || self.capturing {
             return Ok(false);
         }
-        let pending: Vec<Frame> = self.queued.iter().take(n).cloned().collect();
         if !self.flushed || unit_class(&pending, &self.stmts) == Class::Read {
             for _ in 0..n {
                 if let Some(f) = self.pop_queued() {

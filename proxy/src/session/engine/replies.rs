@@ -174,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
         self.route = None;
         self.capturing = false;
+        self.learning_write = false;
         self.cancel.slot.clear();
     }
 
@@ -195,6 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.lease = None; // dropped, not returned: its state is unknown
         self.route = None;
         self.capturing = false;
+        self.learning_write = false;
         self.cancel.slot.clear();
         self.hold = None;
         self.streaming = false;

@@ -149,6 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 if drops_statements(sql) {
                     // The server forgets every prepared statement; so must we.
                     conn.prepared.clear();
+                    conn.own_prepared = [false; 2];
                 }
                 conn.unnamed = None;
                 self.stmts.forget_unnamed();
