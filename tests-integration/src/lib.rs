@@ -29,18 +29,25 @@ pub async fn start_with(cfg: ClusterConfig, tweak: impl FnOnce(&mut Config)) -> 
         .await
         .expect("cluster task")
         .expect("cluster starts");
+    let proxy = start_proxy(&cluster, tweak).await;
+    Env { proxy, cluster }
+}
+
+/// Start one more pgrelay (on port 0) in front of `cluster`, configured like the one
+/// [`start_with`] starts, then adjusted by `tweak`. Stop it before the cluster drops.
+pub async fn start_proxy(cluster: &Cluster, tweak: impl FnOnce(&mut Config)) -> Handle {
+    init_logs();
     let loopback = "127.0.0.1:0".parse().expect("address");
-    let mut config = pgrelay::demo::demo_config(&cluster, loopback, loopback);
+    let mut config = pgrelay::demo::demo_config(cluster, loopback, loopback);
     config.health.interval = Duration::from_millis(200);
     tweak(&mut config);
     let listeners = Listeners {
         clients: TcpListener::bind(loopback).await.expect("bind"),
         admin: TcpListener::bind(loopback).await.expect("bind"),
     };
-    let proxy = pgrelay::app::start(config, listeners)
+    pgrelay::app::start(config, listeners)
         .await
-        .expect("proxy starts");
-    Env { proxy, cluster }
+        .expect("proxy starts")
 }
 
 /// Proxy logs go to the test's captured output (shown when it fails); `RUST_LOG` tunes

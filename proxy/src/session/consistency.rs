@@ -59,6 +59,14 @@ impl Shown {
 /// else (including statements that merely mention one) is `None` and goes to PostgreSQL.
 pub fn intercept(sql: &str) -> Option<Command> {
     let text = sql.trim().trim_end_matches(';').trim();
+    // Cheap refusals first: this runs for every simple query and every Parse.
+    let starts = |word: &str| {
+        text.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
+    if !(starts("set") || starts("show") || starts("reset")) || text.len() > 200 {
+        return None;
+    }
     if text.contains(';') {
         return None;
     }
@@ -167,10 +175,8 @@ pub fn take_startup_level(
     Ok(level)
 }
 
-/// The answer to a SHOW: one text column named after the setting.
-pub fn show_answer(name: &str, value: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    // RowDescription: one column, text, no table.
+/// RowDescription of a SHOW: one text column named after the setting.
+pub fn show_description(name: &str) -> Bytes {
     let mut body = BytesMut::new();
     body.put_u16(1);
     body.put_slice(name.as_bytes());
@@ -181,7 +187,14 @@ pub fn show_answer(name: &str, value: &str) -> Bytes {
     body.put_i16(-1);
     body.put_i32(-1);
     body.put_u16(0); // text format
+    let mut out = BytesMut::new();
     message(&mut out, b'T', &body);
+    out.freeze()
+}
+
+/// DataRow and CommandComplete of a SHOW.
+pub fn show_rows(value: &str) -> Bytes {
+    let mut out = BytesMut::new();
     let mut row = BytesMut::new();
     row.put_u16(1);
     row.put_u32(value.len() as u32);
@@ -196,6 +209,19 @@ pub fn set_answer(reset: bool) -> Bytes {
     let mut out = BytesMut::new();
     message(&mut out, b'C', if reset { b"RESET\0" } else { b"SET\0" });
     out.freeze()
+}
+
+/// What a statement describes as: RowDescription for a SHOW, NoData otherwise.
+pub fn describe(cmd: &Command) -> Bytes {
+    match cmd {
+        Command::Show(what) => show_description(what.name()),
+        _ => Bytes::from_static(b"n\0\0\0\x04"),
+    }
+}
+
+/// ParameterDescription of a statement with no parameters.
+pub fn no_parameters() -> Bytes {
+    Bytes::from_static(b"t\0\0\0\x06\0\0")
 }
 
 fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {

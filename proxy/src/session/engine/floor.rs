@@ -48,7 +48,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     /// Answer a `pgrelay.*` statement, as PostgreSQL would answer a SET or SHOW.
     pub(super) fn run_command(&mut self, cmd: Command) {
-        let answer = match cmd {
+        if let Command::Show(what) = &cmd {
+            self.out
+                .extend_from_slice(&cons::show_description(what.name()));
+        }
+        let answer = self.apply_command(cmd);
+        self.out.extend_from_slice(&answer);
+        self.out
+            .extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+    }
+
+    /// Carry out a `pgrelay.*` statement. Returns what Execute answers: CommandComplete,
+    /// a SHOW's row and CommandComplete, or an ErrorResponse.
+    fn apply_command(&mut self, cmd: Command) -> bytes::Bytes {
+        match cmd {
             Command::SetConsistency(level) => {
                 self.level = level;
                 cons::set_answer(false)
@@ -61,18 +74,108 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.floor = self.floor.max(lsn);
                 cons::set_answer(false)
             }
-            Command::Show(what) => {
-                let value = match what {
-                    Shown::Consistency => self.level.to_string(),
-                    Shown::LastWriteLsn | Shown::MinReadLsn => self.floor.to_string(),
-                };
-                cons::show_answer(what.name(), &value)
-            }
+            Command::Show(what) => cons::show_rows(&match what {
+                Shown::Consistency => self.level.to_string(),
+                Shown::LastWriteLsn | Shown::MinReadLsn => self.floor.to_string(),
+            }),
             Command::Invalid { code, message } => crate::errors::error(code, &message),
+        }
+    }
+
+    /// An extended-protocol unit made only of `pgrelay.*` statements (Parse, Bind,
+    /// Describe, Execute, Close, Sync, Flush of them), as drivers that always use the
+    /// extended protocol send a SET: answered here, message by message. `None` when
+    /// any message concerns something else; the unit then goes to a backend as it is.
+    pub(super) fn extended_command(&mut self, n: usize) -> Option<bytes::Bytes> {
+        use protocol::frontend as fe;
+        let unit: Vec<&Frame> = self.queued.iter().take(n).collect();
+        // Plan first (nothing changes unless every message is ours), then answer.
+        let mut statements: Vec<(String, Command)> = Vec::new();
+        let mut portals: Vec<(String, Command)> = Vec::new();
+        let mut closed: Vec<String> = Vec::new();
+        let known = &self.commands;
+        let find = |list: &[(String, Command)], name: &str| {
+            list.iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c.clone())
         };
-        self.out.extend_from_slice(&answer);
-        self.out
-            .extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+        let find_statement = |list: &[(String, Command)], name: &str| {
+            find(list, name).or_else(|| known.get(name).cloned())
+        };
+        enum Step {
+            Answer(bytes::Bytes),
+            Run(Command),
+            Sync,
+        }
+        let mut steps = Vec::new();
+        for f in &unit {
+            let step = match f.tag() {
+                b'P' => {
+                    let p = fe::parse(f).ok()?;
+                    statements.push((p.name.to_string(), cons::intercept(p.sql)?));
+                    Step::Answer(protocol::backend::parse_complete())
+                }
+                b'B' => {
+                    let b = fe::bind(f).ok()?;
+                    let cmd = find_statement(&statements, b.statement)?;
+                    portals.push((b.portal.to_string(), cmd));
+                    Step::Answer(protocol::backend::bind_complete())
+                }
+                b'D' => {
+                    let d = fe::describe(f).ok()?;
+                    Step::Answer(if d.kind == protocol::ObjectKind::Statement {
+                        let cmd = find_statement(&statements, d.name)?;
+                        [cons::no_parameters(), cons::describe(&cmd)]
+                            .concat()
+                            .into()
+                    } else {
+                        cons::describe(&find(&portals, d.name)?)
+                    })
+                }
+                b'E' => Step::Run(find(&portals, fe::execute(f).ok()?.portal)?),
+                b'C' => {
+                    let c = fe::close(f).ok()?;
+                    if c.kind == protocol::ObjectKind::Statement {
+                        find_statement(&statements, c.name)?;
+                        closed.push(c.name.to_string());
+                    } else {
+                        find(&portals, c.name)?;
+                    }
+                    Step::Answer(protocol::backend::close_complete())
+                }
+                b'S' => Step::Sync,
+                b'H' => continue,
+                _ => return None,
+            };
+            steps.push(step);
+        }
+        for (name, cmd) in statements.into_iter().filter(|(n, _)| !n.is_empty()) {
+            self.commands.insert(name, cmd);
+        }
+        for name in closed {
+            self.commands.remove(&name);
+        }
+        let mut out = bytes::BytesMut::new();
+        let mut failed = false;
+        for step in steps {
+            match step {
+                Step::Sync => {
+                    failed = false;
+                    out.extend_from_slice(&protocol::backend::ready_for_query(self.tx));
+                }
+                _ if failed => {} // as PostgreSQL: skipped until Sync after an error
+                Step::Answer(b) => out.extend_from_slice(&b),
+                Step::Run(cmd) => {
+                    failed = matches!(cmd, Command::Invalid { .. });
+                    out.extend_from_slice(&self.apply_command(cmd));
+                }
+            }
+        }
+        for _ in 0..n {
+            self.pop_queued();
+        }
+        Some(out.freeze())
     }
 
     /// A `global` read must first learn the primary's position. True when the unit has

@@ -115,7 +115,8 @@ pub struct Engine<S> {
     floor: router::Lsn,
     /// The replica the session last read from, preferred while it is at the floor.
     sticky: Option<NodeId>,
-    /// A statement that may write ran on the primary since the floor was last learnt.
+    /// A statement that may write (or, when the floor is kept, any statement) ran on
+    /// the primary since the floor was last learnt.
     wrote: bool,
     /// Statements ran on a replica since its position was last read.
     replica_dirty: bool,
@@ -126,6 +127,8 @@ pub struct Engine<S> {
     /// A checked replica was behind this floor: wait for it before the read re-runs.
     stale: Option<router::Lsn>,
     ryw_deadline: Option<std::time::Instant>,
+    /// Named statements of `pgrelay.*` settings the client prepared (never on a backend).
+    commands: CommandStatements,
     closing: bool,
 }
 
@@ -189,6 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             check_passed: false,
             stale: None,
             ryw_deadline: None,
+            commands: Default::default(),
             closing: false,
         }
     }
@@ -255,11 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 continue;
             }
-            let ours = frame.tag() == b'Q'
-                && protocol::frontend::query(&frame)
-                    .ok()
-                    .and_then(crate::session::consistency::intercept)
-                    .is_some();
+            let ours = is_ours(&frame, &self.commands);
             if self.queued.is_empty() && self.lease.is_some() && self.can_stream() && !ours {
                 self.send(frame)?;
             } else {
@@ -299,13 +299,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 None if self.queued_bytes >= QUEUE_CAP => self.queued.len(),
                 None => return Ok(()),
             };
-            if let Some(cmd) = self.intercepted(n) {
+            // (Inside a unit left open on a backend, PostgreSQL gets it as it is.)
+            if !self.streaming
+                && self
+                    .queued
+                    .iter()
+                    .take(n)
+                    .any(|f| is_ours(f, &self.commands))
+            {
                 if self.exp.client_waiting() || self.capturing {
                     return Ok(()); // answered in order, once what is ahead is answered
                 }
-                self.pop_queued();
-                self.run_command(cmd);
-                continue;
+                if let Some(cmd) = self.intercepted(n) {
+                    self.pop_queued();
+                    self.run_command(cmd);
+                    continue;
+                }
+                if self.queued.get(n - 1).is_some_and(|f| f.tag() == b'S') {
+                    if let Some(answer) = self.extended_command(n) {
+                        self.out.extend_from_slice(&answer);
+                        continue;
+                    }
+                }
+                // Mixed with other statements: PostgreSQL gets it all as it is.
             }
             if self.lease.is_some() {
                 if !self.can_stream() {
@@ -691,6 +707,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.unpin();
     }
 }
+
+/// A simple query, Parse or Bind of a `pgrelay.*` statement, which pgrelay answers
+/// itself (`commands`: the session's prepared ones).
+fn is_ours(f: &Frame, commands: &CommandStatements) -> bool {
+    let sql = match f.tag() {
+        b'Q' => protocol::frontend::query(f).ok(),
+        b'P' => protocol::frontend::parse(f).ok().map(|p| p.sql),
+        b'B' => {
+            return !commands.is_empty()
+                && protocol::frontend::bind(f).is_ok_and(|b| commands.contains_key(b.statement))
+        }
+        _ => None,
+    };
+    sql.and_then(crate::session::consistency::intercept)
+        .is_some()
+}
+
+type CommandStatements = std::collections::HashMap<String, crate::session::consistency::Command>;
 
 async fn read_backend(lease: &mut Option<Lease>) -> std::io::Result<usize> {
     match lease {

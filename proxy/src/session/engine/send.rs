@@ -168,8 +168,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             other => return Err(ClientError::UnexpectedMessage(other as char)),
         }
         if matches!(tag, b'Q' | b'B' | b'F' | b'E') {
+            // A read on the primary counts too when the floor is kept: what it saw may
+            // be ahead of every replica, and later reads must not go back from it.
             match self.route {
-                Some(Route::Primary(_)) if writes => self.wrote = true,
+                Some(Route::Primary(_)) if writes || self.level.tracks_floor() => self.wrote = true,
                 Some(Route::Replica(_)) => self.replica_dirty = true,
                 _ => {}
             }
