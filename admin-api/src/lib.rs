@@ -11,10 +11,15 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::ge
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+/// Renders the proxy's metrics in Prometheus text format. The proxy owns its counters;
+/// the API only asks for the text, so it never depends on the proxy's internals.
+pub type MetricsFn = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What the handlers can see. Cheap to clone: axum clones it per request.
 #[derive(Clone)]
 pub struct AdminState {
     pub topology: health::SharedTopology,
+    pub metrics: Option<MetricsFn>,
 }
 
 /// The routes, without a listener, so tests can drive them with `oneshot`.
@@ -22,6 +27,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health_check))
         .route("/topology", get(topology))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -56,6 +62,23 @@ async fn health_check(State(state): State<AdminState>) -> impl IntoResponse {
 async fn topology(State(state): State<AdminState>) -> impl IntoResponse {
     let topo = state.topology.load_full();
     Json(topo.as_ref().clone())
+}
+
+/// Prometheus text exposition (format 0.0.4).
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 #[cfg(test)]
@@ -126,6 +149,7 @@ mod tests {
         ] {
             let state = AdminState {
                 topology: health::shared(topo(up)),
+                metrics: None,
             };
             let (status, body) = get_json(state, "/health").await;
             assert_eq!(status, StatusCode::OK);
@@ -138,6 +162,7 @@ mod tests {
     async fn topology_follows_the_live_snapshot() {
         let state = AdminState {
             topology: health::shared(topo(true)),
+            metrics: None,
         };
         let (_, body) = get_json(state.clone(), "/topology").await;
         assert_eq!(body["version"], 3);
@@ -155,6 +180,7 @@ mod tests {
     async fn topology_shows_state_wal_and_lag_of_every_node() {
         let state = AdminState {
             topology: health::shared(topo(true)),
+            metrics: None,
         };
         let (_, body) = get_json(state, "/topology").await;
         let replica = &body["nodes"][1];
@@ -171,9 +197,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_are_the_proxys_text() {
+        let state = AdminState {
+            topology: health::shared(topo(true)),
+            metrics: Some(std::sync::Arc::new(|| "pgrelay_up 1\n".to_string())),
+        };
+        let resp = router(state)
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ct = resp.headers()[axum::http::header::CONTENT_TYPE].clone();
+        assert!(ct
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"pgrelay_up 1\n");
+    }
+
+    #[tokio::test]
     async fn unknown_path_is_404() {
         let state = AdminState {
             topology: health::shared(topo(true)),
+            metrics: None,
         };
         let resp = router(state)
             .oneshot(Request::get("/nope").body(Body::empty()).unwrap())

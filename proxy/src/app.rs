@@ -149,6 +149,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         ryw_timeout: config.routing.read_your_writes_timeout,
         ryw: Default::default(),
         observed_replay: specs.iter().map(|_| AtomicU64::new(0)).collect(),
+        sessions: Default::default(),
     });
 
     // A node that went down takes its idle pooled connections with it; the monitor holds
@@ -179,7 +180,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             source,
         })?;
     let admin_addr = listeners.admin.local_addr().map_err(AppError::Admin)?;
-    let admin_state = admin_api::AdminState { topology };
+    let weak = Arc::downgrade(&shared);
+    let metrics: admin_api::MetricsFn = Arc::new(move || {
+        weak.upgrade()
+            .map(|s| crate::metrics::render(&s))
+            .unwrap_or_default()
+    });
+    let admin_state = admin_api::AdminState {
+        topology,
+        metrics: Some(metrics),
+    };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(admin_api::serve(listeners.admin, admin_state, async move {
         let _ = admin_shutdown.wait_for(|stop| *stop).await;

@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod metrics;
 pub mod pool;
 pub mod prepared;
 pub mod session;

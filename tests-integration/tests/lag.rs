@@ -299,3 +299,48 @@ async fn heartbeat_cost_is_reported() {
         );
     }
 }
+
+/// `/metrics` is Prometheus text whose counters follow the traffic: sessions logged in,
+/// the WAL position read after a write, and the floor check of the read after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_traffic() {
+    let env = start_with(ClusterConfig::default(), |c| {
+        c.health.interval = INTERVAL;
+    })
+    .await;
+    let c = env.connect().await;
+    c.batch_execute("CREATE TABLE m (x int); INSERT INTO m VALUES (1)")
+        .await
+        .expect("write");
+    let rows = c
+        .simple_query("SELECT count(*) FROM m")
+        .await
+        .expect("read");
+    assert!(!rows.is_empty());
+    let text = admin_get(&env, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("not a sample: {l}"))
+            })
+            .sum()
+    };
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (_, v) = line.rsplit_once(' ').expect("name and value");
+        assert!(v.parse::<f64>().is_ok(), "not a sample: {line}");
+        assert!(line.starts_with("pgrelay_"), "{line}");
+    }
+    assert_eq!(value("pgrelay_client_sessions"), 1.0, "{text}");
+    assert!(value("pgrelay_write_lsn_reads_total") >= 1.0, "{text}");
+    assert!(value("pgrelay_floor_reads_total") >= 1.0, "{text}");
+    assert_eq!(value("pgrelay_node_up"), 3.0, "{text}");
+    eprintln!("metrics after one write and one read:\n{text}");
+}

@@ -58,6 +58,8 @@ pub struct Shared {
     /// Per node, the highest replay position any session saw there (raw LSN). Reset
     /// when the node goes down, since a restarted replica may show less.
     pub observed_replay: Vec<AtomicU64>,
+    /// Client sessions logged in now.
+    pub sessions: AtomicI64,
 }
 
 /// Serve one client connection from its first byte to its last.
@@ -78,6 +80,17 @@ pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, ctx:
         }
     };
     if let startup::Outcome::Session(id, reg, rest) = outcome {
+        /// Counts the session while it lives, whichever way it ends.
+        struct Live<'a>(&'a AtomicI64);
+        impl Drop for Live<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        ctx.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = ctx.clone();
+        let _live = Live(&shared.sessions);
         let user = id.user.clone();
         if let Err(e) = engine::Engine::new(client, ctx, id, reg, rest).run().await {
             tracing::info!(%user, error = %e, "session ended with an error");
