@@ -307,8 +307,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     .take(n)
                     .any(|f| is_ours(f, &self.commands))
             {
-                if self.exp.client_waiting() || self.capturing {
-                    return Ok(()); // answered in order, once what is ahead is answered
+                if self.exp.client_waiting() || self.capturing || self.learning_write {
+                    // Answered in order, once what is ahead is answered and the floor
+                    // it moved is known.
+                    return Ok(());
                 }
                 if let Some(cmd) = self.intercepted(n) {
                     self.pop_queued();

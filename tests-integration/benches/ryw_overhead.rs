@@ -1,0 +1,217 @@
+//! Write-path cost of read-your-writes: pgbench's tpcb-like workload (every transaction
+//! writes) through pgrelay at `routing.consistency = eventual` (no LSN tracking) and at
+//! `session` (the primary's WAL position is learnt after each commit), and straight
+//! against the primary for reference. Prints TPS, latency and the overhead of `session`
+//! over `eventual`.
+//!
+//! `cargo bench -p tests-integration --bench ryw_overhead`. Tunable from the environment:
+//! `RYW_BENCH_SECONDS` (20), `RYW_BENCH_ROUNDS` (1: eventual and session are alternated
+//! this many times), `RYW_BENCH_MODE` (prepared), `RYW_BENCH_CLIENTS` (8),
+//! `RYW_BENCH_SCALE` (10).
+
+use cluster::ClusterConfig;
+use pgrelay::router::Consistency;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use tests_integration::{pg_program, start_proxy, start_with};
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Run pgbench against 127.0.0.1:`port` as the app user; its output, or a panic.
+fn pgbench(port: u16, args: &[String]) -> String {
+    let out = Command::new(pg_program("pgbench"))
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", cluster::APP_USER, cluster::APP_DB])
+        .env("PGPASSWORD", cluster::APP_PASSWORD)
+        .output()
+        .expect("pgbench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+/// One pgbench run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    tps: f64,
+    latency_ms: f64,
+    transactions: u64,
+    failed: u64,
+}
+
+impl Figures {
+    fn parse(out: &str) -> Figures {
+        let number = |prefix: &str| -> f64 {
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{out}"))
+        };
+        Figures {
+            tps: number("tps = "),
+            latency_ms: number("latency average = "),
+            transactions: number("number of transactions actually processed: ") as u64,
+            failed: out
+                .lines()
+                .find_map(|l| l.strip_prefix("number of failed transactions: "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    fn mean(runs: &[Figures]) -> Figures {
+        let n = runs.len().max(1) as f64;
+        Figures {
+            tps: runs.iter().map(|f| f.tps).sum::<f64>() / n,
+            latency_ms: runs.iter().map(|f| f.latency_ms).sum::<f64>() / n,
+            transactions: runs.iter().map(|f| f.transactions).sum(),
+            failed: runs.iter().map(|f| f.failed).sum(),
+        }
+    }
+}
+
+fn report(label: &str, f: &Figures) {
+    println!(
+        "  {label:<26} {:>9.1} tps  {:>7.3} ms average latency  ({} transactions, {} failed)",
+        f.tps, f.latency_ms, f.transactions, f.failed
+    );
+}
+
+async fn bench(port: u16, label: &str, args: &[String]) -> Figures {
+    let args = args.to_vec();
+    let out = tokio::task::spawn_blocking(move || pgbench(port, &args))
+        .await
+        .expect("pgbench task");
+    let f = Figures::parse(&out);
+    report(label, &f);
+    assert_eq!(f.failed, 0, "{label}: failed transactions:\n{out}");
+    f
+}
+
+/// The 1-minute load average: the machine is shared, and figures taken while something
+/// else runs say little.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn ryw_counters(shared: &pgrelay::session::Shared) -> String {
+    let s = &shared.ryw;
+    format!(
+        "write_lsn_reads {}, replica_known {}, replica_checked {}, primary_fallbacks {}",
+        s.write_lsn_reads.load(Relaxed),
+        s.replica_known.load(Relaxed),
+        s.replica_checked.load(Relaxed),
+        s.primary_fallbacks.load(Relaxed)
+    )
+}
+
+async fn run() {
+    let seconds = setting("RYW_BENCH_SECONDS", "20");
+    let rounds: usize = setting("RYW_BENCH_ROUNDS", "1").parse().expect("rounds");
+    let mode = setting("RYW_BENCH_MODE", "prepared");
+    let clients = setting("RYW_BENCH_CLIENTS", "8");
+    let scale = setting("RYW_BENCH_SCALE", "10");
+
+    let env = start_with(ClusterConfig::default(), |c| {
+        c.routing.consistency = Consistency::Eventual;
+    })
+    .await;
+    let session = start_proxy(&env.cluster, |c| {
+        c.routing.consistency = Consistency::Session;
+    })
+    .await;
+    let primary = env.primary_port();
+    println!("ryw_overhead: pgbench -i -s {scale} on the primary...");
+    let init: Vec<String> = ["-i", "-s", &scale, "-q"].map(String::from).to_vec();
+    tokio::task::spawn_blocking(move || pgbench(primary, &init))
+        .await
+        .expect("pgbench -i");
+    env.wait_for_replay().await;
+
+    let args: Vec<String> = [
+        "-b",
+        "tpcb-like",
+        "-M",
+        &mode,
+        "-c",
+        &clients,
+        "-j",
+        "2",
+        "-T",
+        &seconds,
+        "-n",
+    ]
+    .map(String::from)
+    .to_vec();
+    println!(
+        "ryw_overhead: pgbench {} (1 primary + 2 replicas, {rounds} round(s))",
+        args.join(" ")
+    );
+    println!("  load average before the runs: {}", load());
+    let direct = bench(primary, "direct to the primary", &args).await;
+    let (mut eventual, mut sess) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate the order so neither level always runs on the warmer, bigger tables.
+        let session_first = round % 2 == 1;
+        for s in [session_first, !session_first] {
+            if s {
+                sess.push(bench(session.addr.port(), "pgrelay, session", &args).await);
+            } else {
+                eventual.push(bench(env.port(), "pgrelay, eventual", &args).await);
+            }
+        }
+        let (e, s) = (eventual[round].tps, sess[round].tps);
+        println!(
+            "  round {}: session vs eventual {:+.2}% TPS",
+            round + 1,
+            100.0 * (s - e) / e
+        );
+    }
+    let (e, s) = (Figures::mean(&eventual), Figures::mean(&sess));
+    println!("ryw_overhead results (mean of {rounds} run(s) each):");
+    report("direct to the primary", &direct);
+    report("pgrelay, eventual", &e);
+    report("pgrelay, session", &s);
+    println!(
+        "  session vs eventual: {:+.2}% TPS, {:+.2}% latency (overhead {:.2}%)",
+        100.0 * (s.tps - e.tps) / e.tps,
+        100.0 * (s.latency_ms - e.latency_ms) / e.latency_ms,
+        100.0 * (e.tps - s.tps) / e.tps,
+    );
+    println!(
+        "  pgrelay eventual vs direct: {:+.2}% TPS",
+        100.0 * (e.tps - direct.tps) / direct.tps
+    );
+    println!("  eventual proxy: {}", ryw_counters(&env.proxy.shared));
+    println!("  session proxy:  {}", ryw_counters(&session.shared));
+    session.shutdown().await.expect("session proxy stops");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter that is not ours means "not this one".
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| !a.starts_with('-') && !"ryw_overhead".contains(a.as_str()))
+    {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
