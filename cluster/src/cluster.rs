@@ -59,10 +59,10 @@ impl Cluster {
             startup: Duration::ZERO,
         };
 
-        let dir = cluster.root_path.join("pg0");
+        let dir = cluster.root_path.join(node_name(0));
         run.create_dir(&dir)?;
         run.copy_dir(&template, &dir.join("data"))?;
-        let (node, child) = cluster.launch_new("pg0", &dir, None, None)?;
+        let (node, child) = cluster.launch_new(0, &dir, None)?;
         cluster.push(node, child);
 
         let primary_port = cluster.nodes.first().map(|n| n.port).unwrap_or_default();
@@ -102,7 +102,7 @@ impl Cluster {
             .skip(1)
             .map(|n| n.name.clone())
             .collect();
-        cluster.wait_streaming(&names, START_TIMEOUT)?;
+        cluster.wait_attached(&names, START_TIMEOUT)?;
         cluster.startup = began.elapsed();
         tracing::debug!(elapsed = ?cluster.startup, dir = %cluster.root_path.display(), "cluster started");
         Ok(cluster)
@@ -126,8 +126,7 @@ impl Cluster {
     /// Clones the primary with pg_basebackup over TCP (exercising scram auth the
     /// way a real standby does) and starts the copy as a standby.
     fn make_replica(&self, r: usize, primary_port: u16) -> Result<(Node, Child), ClusterError> {
-        let name = format!("pg{}", r + 1);
-        let dir = self.root_path.join(&name);
+        let dir = self.root_path.join(node_name(r + 1));
         self.run.create_dir(&dir)?;
         let data = dir.join("data");
         let mut cmd = self.run.command(&self.bins.pg_basebackup, &dir);
@@ -145,45 +144,56 @@ impl Cluster {
         .env("PGPASSWORD", SUPERUSER_PASSWORD);
         run_checked(cmd, "pg_basebackup")?;
         self.run.write_file(&data.join("standby.signal"), "")?;
-        let delay = self
-            .cfg
+        self.launch_new(r + 1, &dir, Some(primary_port))
+    }
+
+    /// The configured apply delay of node `i` (never the initial primary's), so a
+    /// replica rebuilt later lags like the one it replaces.
+    pub(crate) fn apply_delay_of(&self, i: usize) -> Option<Duration> {
+        let r = i.checked_sub(1)?;
+        self.cfg
             .apply_delay
             .iter()
             .rev()
-            .find(|(i, _)| *i == r)
-            .map(|(_, d)| *d);
-        self.launch_new(&name, &dir, Some(primary_port), delay)
+            .find(|(idx, _)| *idx == r)
+            .map(|(_, d)| *d)
+    }
+
+    /// Node `i`'s own `node.conf`, with `upstream` as the port it streams from.
+    pub(crate) fn node_conf_for(&self, i: usize, node: &Node, upstream: Option<u16>) -> String {
+        node_conf(&NodeSettings {
+            name: &node.name,
+            port: node.port,
+            socket_dir: &node.socket_dir,
+            upstream: upstream.map(|p| (p, SUPERUSER_PASSWORD)),
+            apply_delay: self.apply_delay_of(i),
+            synchronous_standby_names: self.cfg.synchronous_standby_names.as_deref(),
+            extra: &self.cfg.extra_conf,
+        })
     }
 
     /// Starts a node for the first time, moving to a fresh port if its port is
     /// taken by someone else between our probe and the server's bind.
     fn launch_new(
         &self,
-        name: &str,
+        i: usize,
         dir: &Path,
         upstream: Option<u16>,
-        apply_delay: Option<Duration>,
     ) -> Result<(Node, Child), ClusterError> {
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
             let node = Node {
-                name: name.to_string(),
+                name: node_name(i),
                 host: "127.0.0.1".into(),
                 port: free_port()?,
                 data_dir: dir.join("data"),
                 socket_dir: dir.to_path_buf(),
                 log_file: dir.join("postgres.log"),
             };
-            let settings = NodeSettings {
-                name,
-                port: node.port,
-                socket_dir: dir,
-                upstream: upstream.map(|p| (p, SUPERUSER_PASSWORD)),
-                apply_delay,
-                extra: &self.cfg.extra_conf,
-            };
-            self.run
-                .write_file(&node.data_dir.join(NODE_CONF), &node_conf(&settings))?;
+            self.run.write_file(
+                &node.data_dir.join(NODE_CONF),
+                &self.node_conf_for(i, &node, upstream),
+            )?;
             match process::start(&self.run, &self.bins, &launch(&node), START_TIMEOUT) {
                 Ok(child) => return Ok((node, child)),
                 Err(StartFailure::AddressInUse(e)) => last_err = Some(e),
@@ -192,6 +202,12 @@ impl Cluster {
         }
         Err(last_err.unwrap_or_else(|| ClusterError::Topology("no start attempt".into())))
     }
+}
+
+/// `pg0` is the initial primary; pgrelay's demo config names its nodes the same
+/// way, which is what lets `synchronous_standby_names` refer to them.
+fn node_name(i: usize) -> String {
+    format!("pg{i}")
 }
 
 pub(crate) fn launch(node: &Node) -> Launch<'_> {
@@ -203,7 +219,7 @@ pub(crate) fn launch(node: &Node) -> Launch<'_> {
     }
 }
 
-fn run_checked(mut cmd: Command, what: &str) -> Result<(), ClusterError> {
+pub(crate) fn run_checked(mut cmd: Command, what: &str) -> Result<(), ClusterError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

@@ -28,8 +28,11 @@ host    replication   all         ::1/128      scram-sha-256
 
 /// Appended to initdb's `postgresql.conf`. fsync=off buys speed; everything else
 /// stays at realistic defaults (synchronous_commit on). `wal_log_hints` lets a
-/// failed-over old primary be rewound with pg_rewind; a short retry interval
-/// lets replicas reconnect quickly after a primary restart.
+/// failed-over old primary be rewound with pg_rewind. The short retry interval
+/// is how often a standby whose upstream vanished (crash, restart, re-pointing)
+/// tries again, so failover tests see replicas follow within a fraction of a
+/// second. `recovery_target_timeline` is already `latest` by default; it is
+/// spelled out because following a promoted standby depends on it.
 pub const COMMON_CONF: &str = "
 # --- written by the cluster crate ---
 fsync = off
@@ -44,7 +47,8 @@ max_connections = 200
 shared_buffers = '32MB'
 logging_collector = off
 wal_receiver_status_interval = '1s'
-wal_retrieve_retry_interval = '500ms'
+wal_retrieve_retry_interval = '200ms'
+recovery_target_timeline = 'latest'
 password_encryption = 'scram-sha-256'
 include_if_exists = 'node.conf'
 ";
@@ -62,6 +66,8 @@ pub struct NodeSettings<'a> {
     pub upstream: Option<(u16, &'a str)>,
     /// `recovery_min_apply_delay`, for deliberately lagging replicas.
     pub apply_delay: Option<Duration>,
+    /// `synchronous_standby_names`; PostgreSQL ignores it on a standby.
+    pub synchronous_standby_names: Option<&'a str>,
     /// Caller-supplied lines, last so they override ours.
     pub extra: &'a [String],
 }
@@ -95,6 +101,9 @@ pub fn node_conf(s: &NodeSettings<'_>) -> String {
     }
     if let Some(delay) = s.apply_delay {
         let _ = writeln!(out, "recovery_min_apply_delay = '{}ms'", delay.as_millis());
+    }
+    if let Some(names) = s.synchronous_standby_names {
+        let _ = writeln!(out, "synchronous_standby_names = {}", quote_conf(names));
     }
     for line in s.extra {
         let _ = writeln!(out, "{line}");
@@ -130,6 +139,7 @@ mod tests {
             socket_dir: dir,
             upstream: None,
             apply_delay: None,
+            synchronous_standby_names: None,
             extra: &[],
         };
         type Case<'a> = (NodeSettings<'a>, &'a [&'a str], &'a [&'a str]);
@@ -137,18 +147,20 @@ mod tests {
             (
                 base.clone(),
                 &["port = 5555", "unix_socket_directories = '/tmp/x/pg1'", "cluster_name = 'pg1'"],
-                &["primary_conninfo", "recovery_min_apply_delay"],
+                &["primary_conninfo", "recovery_min_apply_delay", "synchronous_standby_names"],
             ),
             (
                 NodeSettings {
                     upstream: Some((4444, "pw")),
                     apply_delay: Some(Duration::from_secs(2)),
+                    synchronous_standby_names: Some("ANY 1 (*)"),
                     extra: &extra,
                     ..base.clone()
                 },
                 &[
                     "primary_conninfo = 'host=127.0.0.1 port=4444 user=postgres password=''pw'' application_name=''pg1'''",
                     "recovery_min_apply_delay = '2000ms'",
+                    "synchronous_standby_names = 'ANY 1 (*)'",
                     "work_mem = '8MB'",
                 ],
                 &[],
@@ -174,6 +186,7 @@ mod tests {
             socket_dir: Path::new("/s"),
             upstream: None,
             apply_delay: None,
+            synchronous_standby_names: Some("x"),
             extra: &extra,
         });
         assert_eq!(text.lines().last(), Some("port = 1"));

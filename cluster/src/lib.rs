@@ -23,6 +23,7 @@ mod ops;
 mod ports;
 mod process;
 mod psql;
+mod rejoin;
 mod runas;
 mod template;
 
@@ -52,6 +53,13 @@ pub struct ClusterConfig {
     /// `recovery_min_apply_delay` per replica, by 0-based replica index
     /// (replica 0 is node 1), to make a replica lag on purpose.
     pub apply_delay: Vec<(usize, Duration)>,
+    /// `synchronous_standby_names` (e.g. `ANY 1 (*)`), written on every node
+    /// rather than only the initial primary: PostgreSQL ignores it on a standby,
+    /// and a promoted standby (or a rebuilt old primary promoted later) then
+    /// keeps the guarantee, as under an HA manager. With no standby left
+    /// streaming, commits on the primary wait; `ALTER SYSTEM` lifts it.
+    /// Standbys are matched by their application_name, which is the node name.
+    pub synchronous_standby_names: Option<String>,
     /// Extra `postgresql.conf` lines for every node; they come last and win.
     pub extra_conf: Vec<String>,
     /// Leave the directories behind after drop, for post-mortems.
@@ -63,6 +71,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             replicas: 2,
             apply_delay: Vec::new(),
+            synchronous_standby_names: None,
             extra_conf: Vec::new(),
             keep_dir: false,
         }

@@ -65,7 +65,7 @@ impl Cluster {
         )
     }
 
-    fn checked(&self, i: usize) -> Result<&Node, ClusterError> {
+    pub(crate) fn checked(&self, i: usize) -> Result<&Node, ClusterError> {
         self.nodes.get(i).ok_or(ClusterError::NoSuchNode {
             index: i,
             count: self.nodes.len(),
@@ -135,7 +135,7 @@ impl Cluster {
         })
     }
 
-    fn take_running(
+    pub(crate) fn take_running(
         &self,
         i: usize,
         f: impl FnOnce(&mut std::process::Child) -> Result<(), ClusterError>,
@@ -247,8 +247,9 @@ impl Cluster {
         }
     }
 
-    /// Waits until the primary reports each named replica as streaming.
-    pub(crate) fn wait_streaming(
+    /// Waits until the initial primary reports each named replica as streaming
+    /// (startup only: after a failover node 0 may no longer be the primary).
+    pub(crate) fn wait_attached(
         &self,
         names: &[String],
         timeout: Duration,

@@ -21,7 +21,7 @@ use crate::runas::RunAs;
 use crate::{ClusterError, APP_DB, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// Bump when the template's contents change, so stale caches are ignored.
-const LAYOUT: &str = "v2";
+const LAYOUT: &str = "v3";
 
 /// Returns the template's data directory, building it if needed.
 pub fn ensure(run: &RunAs, bins: &Binaries) -> Result<PathBuf, ClusterError> {

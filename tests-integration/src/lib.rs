@@ -1,7 +1,9 @@
 //! Support for end-to-end tests: a real PostgreSQL cluster with pgrelay in front of it,
-//! both private to one test, plus a raw protocol client for what drivers cannot send.
+//! both private to one test, plus a raw protocol client for what drivers cannot send and a
+//! TCP relay that can partition a node away ([`relay::Relay`]).
 
 pub mod raw;
+pub mod relay;
 
 use cluster::{Cluster, ClusterConfig};
 use pgrelay::app::{Handle, Listeners};
