@@ -8,12 +8,13 @@
 //! epoch). Failure detection, failover and fencing build on the same seams.
 
 mod coordinator;
+pub mod failover;
 pub mod lag;
 mod monitor;
 pub mod probe;
 pub mod topology;
 
-pub use coordinator::{Coordinator, LocalCoordinator};
+pub use coordinator::{Coordinator, CoordinatorError, LocalCoordinator};
 pub use monitor::{
     discover, discover_with, next_beat_in, BeatCounts, HealthMonitor, OnDown, MAX_BACKOFF,
 };

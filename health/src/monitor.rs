@@ -1,8 +1,9 @@
 //! The thin async part: one heartbeat task per node, and one task that folds their
 //! results into the pure [`Tracker`] and carries out its actions.
 
+use crate::failover::{Driver, FailoverSetup, Input};
 use crate::probe::{ControlCreds, NodeSpec, PgPulse, Pulse};
-use crate::topology::{Action, Event, Settings, Tracker};
+use crate::topology::{changes, Action, Event, Settings, Tracker};
 use crate::SharedTopology;
 use router::{NodeId, Topology};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,7 +121,8 @@ pub struct HealthMonitor;
 
 impl HealthMonitor {
     /// Starts one heartbeat task per node (over [`PgPulse`]) and the task that publishes
-    /// snapshots into `topology`, starting from its current content. Everything ends soon
+    /// snapshots into `topology`, starting from its current content, and (given a
+    /// setup) runs failover in that task. Everything ends soon
     /// after `shutdown` turns true (or its sender drops).
     pub fn spawn(
         nodes: Vec<NodeSpec>,
@@ -128,13 +130,16 @@ impl HealthMonitor {
         settings: Settings,
         topology: SharedTopology,
         on_down: OnDown,
+        failover: Option<FailoverSetup>,
         shutdown: watch::Receiver<bool>,
     ) -> (JoinHandle<()>, Arc<BeatCounts>) {
         let pulses = nodes
             .iter()
             .map(|spec| PgPulse::new(spec.clone(), creds.clone(), settings.timeout))
             .collect();
-        Self::spawn_with(nodes, pulses, settings, topology, on_down, shutdown)
+        Self::spawn_with(
+            nodes, pulses, settings, topology, on_down, failover, shutdown,
+        )
     }
 
     /// [`HealthMonitor::spawn`] with any heartbeat source (`pulses[i]` beats `nodes[i]`).
@@ -144,6 +149,7 @@ impl HealthMonitor {
         settings: Settings,
         topology: SharedTopology,
         on_down: OnDown,
+        failover: Option<FailoverSetup>,
         shutdown: watch::Receiver<bool>,
     ) -> (JoinHandle<()>, Arc<BeatCounts>) {
         let counts = Arc::new(BeatCounts::new(nodes.len()));
@@ -167,7 +173,7 @@ impl HealthMonitor {
         drop(tx);
         let tracker = Tracker::new(nodes, settings, topology.load().as_ref().clone(), now());
         let task = tokio::spawn(async move {
-            publish_loop(tracker, rx, topology, on_down, shutdown).await;
+            publish_loop(tracker, rx, topology, on_down, failover, shutdown).await;
             for b in beats {
                 let _ = b.await;
             }
@@ -228,42 +234,113 @@ async fn publish_loop(
     mut rx: mpsc::Receiver<Event>,
     topology: SharedTopology,
     on_down: OnDown,
+    failover: Option<FailoverSetup>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Ticks let silence count: a node whose beat hangs goes suspect, then down.
+    // Ticks let silence count: a node whose beat hangs goes suspect, then down (and a
+    // silent primary is suspected by the failover controller).
     let mut ticker =
         tokio::time::interval((tracker.settings().interval / 4).max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut driver, mut inlets) = match failover {
+        Some(setup) => {
+            let (d, i) = Driver::new(setup, on_down.clone());
+            (Some(d), Some(i))
+        }
+        None => (None, None),
+    };
+    if let Some(d) = &driver {
+        tracker.set_primary(d.primary());
+    }
     loop {
+        let (mut results, mut requests) = match inlets.as_mut() {
+            Some(i) => (Some(&mut i.results), Some(&mut i.requests)),
+            None => (None, None),
+        };
         let event = tokio::select! {
             biased;
             _ = stopped(&mut shutdown) => break,
+            Some(input) = recv_unbounded(&mut results) => Err(Ok(input)),
+            Some(request) = recv(&mut requests) => Err(Err(request)),
             event = rx.recv() => match event {
-                Some(e) => e,
+                Some(e) => Ok(e),
                 None => break,
             },
-            _ = ticker.tick() => Event::Tick { at: now() },
+            _ = ticker.tick() => Ok(Event::Tick { at: now() }),
         };
-        for action in tracker.step(event) {
-            match action {
-                // Only this task writes the snapshot, so storing cannot lose an update;
-                // the failover controller will have to coordinate with it.
-                Action::Publish(next) => topology.store(Arc::new(next)),
-                Action::Down(node) => on_down(node),
-                Action::Changed(c) => {
-                    let (role, state) = c.after;
-                    match state {
-                        router::NodeState::Up => {
-                            tracing::info!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
-                        }
-                        _ => {
-                            tracing::warn!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
-                        }
+        let at = now();
+        match event {
+            Ok(event) => {
+                for action in tracker.step(event) {
+                    if let Action::Down(node) = action {
+                        on_down(node);
                     }
+                }
+                if let Some(d) = driver.as_mut() {
+                    d.step(at, Input::Health(tracker.views()));
+                }
+            }
+            Err(Ok(input)) => {
+                if let Some(d) = driver.as_mut() {
+                    d.step(at, input);
+                }
+            }
+            Err(Err(request)) => {
+                if let Some(d) = driver.as_mut() {
+                    d.request(at, request);
                 }
             }
         }
+        if let Some(d) = &driver {
+            tracker.set_primary(d.primary());
+        }
+        publish(&tracker, driver.as_ref(), &topology);
     }
+}
+
+async fn recv<T>(rx: &mut Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_unbounded<T>(rx: &mut Option<&mut mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stores the tracker's view, shaped by the failover controller, when it differs from
+/// what is published. Only this task writes the snapshot, so storing cannot lose an
+/// update.
+fn publish(tracker: &Tracker, driver: Option<&Driver>, topology: &SharedTopology) {
+    let mut next = tracker.topology().clone();
+    if let Some(d) = driver {
+        d.overlay(&mut next);
+    }
+    let current = topology.load();
+    if next.nodes == current.nodes
+        && next.epoch == current.epoch
+        && next.writes_held == current.writes_held
+        && next.when_no_replica == current.when_no_replica
+    {
+        return;
+    }
+    next.version = current.version.wrapping_add(1);
+    for c in changes(&current, &next) {
+        let (role, state) = c.after;
+        match state {
+            router::NodeState::Up => {
+                tracing::info!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
+            }
+            _ => {
+                tracing::warn!(node = %c.name, ?role, ?state, before = ?c.before, "node state changed")
+            }
+        }
+    }
+    topology.store(Arc::new(next));
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ pub struct StandbyReport {
     pub replay: Option<Lsn>,
     /// The primary's own measure of replay lag (NULL once the standby is idle and caught up).
     pub replay_lag: Option<Duration>,
+    /// `sync_state`: `async`, `potential`, `sync` or `quorum`. Failover may only choose
+    /// a standby that was `sync` or `quorum` when the primary ran synchronous replication.
+    pub sync_state: Option<String>,
+    /// `pg_stat_replication.flush_lsn`: what the standby has made durable.
+    pub flush: Option<Lsn>,
 }
 
 /// What one heartbeat learned from a node.
@@ -84,6 +89,10 @@ pub struct Sample {
     pub wal_receiver: Option<String>,
     /// `pg_stat_replication` rows (empty on a replica without cascading standbys).
     pub standbys: Vec<StandbyReport>,
+    /// `default_transaction_read_only` is on: the node was fenced (or configured so).
+    pub read_only: bool,
+    /// `synchronous_standby_names` (empty when replication is asynchronous).
+    pub sync_names: String,
 }
 
 impl Sample {
@@ -98,6 +107,8 @@ impl Sample {
             replay_age: None,
             wal_receiver: None,
             standbys: Vec::new(),
+            read_only: false,
+            sync_names: String::new(),
         }
     }
 }
@@ -107,14 +118,19 @@ pub type ProbeOutcome = Result<Sample, ProbeError>;
 
 /// The heartbeat: two statements, one round trip (simple protocol, no prepare). The
 /// first describes the node, the second lists its standbys when it is a primary.
-/// `pg_current_wal_lsn()` fails during recovery, hence the CASE.
+/// `pg_current_wal_lsn()` and `pg_walfile_name()` fail during recovery, hence the CASEs.
+/// A primary's timeline comes from its current WAL file name: right after a promotion
+/// the checkpoint's timeline is still the old one until the next checkpoint.
 pub const HEARTBEAT_SQL: &str = "SELECT pg_is_in_recovery(), \
-COALESCE((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), (SELECT timeline_id FROM pg_control_checkpoint())), \
+CASE WHEN pg_is_in_recovery() \
+ THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), (SELECT timeline_id FROM pg_control_checkpoint())) \
+ ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
 pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
 extract(epoch FROM now() - pg_last_xact_replay_timestamp()), \
-(SELECT status FROM pg_stat_wal_receiver LIMIT 1); \
-SELECT application_name, replay_lsn, extract(epoch FROM replay_lag) FROM pg_stat_replication";
+(SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+current_setting('default_transaction_read_only'), current_setting('synchronous_standby_names'); \
+SELECT application_name, replay_lsn, extract(epoch FROM replay_lag), sync_state, flush_lsn FROM pg_stat_replication";
 
 /// `pg_is_in_recovery()` as text.
 pub fn role_from_recovery_flag(text: &str) -> Result<Role, ProbeError> {
@@ -137,7 +153,7 @@ fn lsn(text: Option<&str>) -> Option<Lsn> {
 
 /// Parses the rows of [`HEARTBEAT_SQL`]: `node` is the first statement's one row (as
 /// text columns), `standbys` the second statement's rows.
-pub fn parse_sample(node: &[Option<&str>], standbys: &[[Option<&str>; 3]]) -> ProbeOutcome {
+pub fn parse_sample(node: &[Option<&str>], standbys: &[[Option<&str>; 5]]) -> ProbeOutcome {
     let col = |i: usize| node.get(i).copied().flatten();
     let role = role_from_recovery_flag(col(0).unwrap_or(""))?;
     Ok(Sample {
@@ -148,18 +164,22 @@ pub fn parse_sample(node: &[Option<&str>], standbys: &[[Option<&str>; 3]]) -> Pr
         replay: lsn(col(4)),
         replay_age: seconds(col(5)),
         wal_receiver: col(6).map(str::to_string),
+        read_only: col(7) == Some("on"),
+        sync_names: col(8).unwrap_or("").to_string(),
         standbys: standbys
             .iter()
-            .map(|[name, replay, lag]| StandbyReport {
+            .map(|[name, replay, lag, sync, flush]| StandbyReport {
                 application_name: name.unwrap_or("").to_string(),
                 replay: lsn(*replay),
                 replay_lag: seconds(*lag),
+                sync_state: sync.map(str::to_string),
+                flush: lsn(*flush),
             })
             .collect(),
     })
 }
 
-async fn connect(
+pub(crate) async fn connect(
     spec: &NodeSpec,
     creds: &ControlCreds,
     timeout: Duration,
@@ -198,7 +218,7 @@ async fn heartbeat(client: &Client) -> ProbeOutcome {
     // Rows of the first statement come before its CommandComplete.
     let mut statement = 0;
     let mut node: Option<Vec<Option<String>>> = None;
-    let mut standbys: Vec<[Option<String>; 3]> = Vec::new();
+    let mut standbys: Vec<[Option<String>; 5]> = Vec::new();
     for m in &messages {
         match m {
             SimpleQueryMessage::Row(row) => {
@@ -206,7 +226,7 @@ async fn heartbeat(client: &Client) -> ProbeOutcome {
                 if statement == 0 {
                     node.get_or_insert_with(|| (0..row.len()).map(get).collect());
                 } else {
-                    standbys.push([get(0), get(1), get(2)]);
+                    standbys.push([get(0), get(1), get(2), get(3), get(4)]);
                 }
             }
             SimpleQueryMessage::CommandComplete(_) => statement += 1,
@@ -215,9 +235,9 @@ async fn heartbeat(client: &Client) -> ProbeOutcome {
     }
     let node = node.ok_or_else(|| ProbeError::UnexpectedReply("no row".into()))?;
     let node: Vec<Option<&str>> = node.iter().map(Option::as_deref).collect();
-    let standbys: Vec<[Option<&str>; 3]> = standbys
+    let standbys: Vec<[Option<&str>; 5]> = standbys
         .iter()
-        .map(|[a, b, c]| [a.as_deref(), b.as_deref(), c.as_deref()])
+        .map(|row| row.each_ref().map(Option::as_deref))
         .collect();
     parse_sample(&node, &standbys)
 }
@@ -336,8 +356,14 @@ mod tests {
                 None,
             ],
             &[
-                [Some("pg1"), Some("0/3000000"), Some("0.25")],
-                [Some("x"), None, None],
+                [
+                    Some("pg1"),
+                    Some("0/3000000"),
+                    Some("0.25"),
+                    Some("quorum"),
+                    Some("0/3000010"),
+                ],
+                [Some("x"), None, None, None, None],
             ],
         )
         .unwrap();
@@ -352,11 +378,15 @@ mod tests {
                     application_name: "pg1".into(),
                     replay: Some(Lsn(0x300_0000)),
                     replay_lag: Some(Duration::from_millis(250)),
+                    sync_state: Some("quorum".into()),
+                    flush: Some(Lsn(0x300_0010)),
                 },
                 StandbyReport {
                     application_name: "x".into(),
                     replay: None,
                     replay_lag: None,
+                    sync_state: None,
+                    flush: None,
                 }
             ]
         );
@@ -369,6 +399,8 @@ mod tests {
                 Some("0/4000000"),
                 Some("-0.001"),
                 Some("streaming"),
+                Some("on"),
+                Some("ANY 1 (*)"),
             ],
             &[],
         )
@@ -378,6 +410,8 @@ mod tests {
         assert_eq!(replica.replay, Some(Lsn(0x400_0000)));
         assert_eq!(replica.replay_age, Some(Duration::ZERO));
         assert_eq!(replica.wal_receiver.as_deref(), Some("streaming"));
+        assert!(replica.read_only && !primary.read_only);
+        assert_eq!(replica.sync_names, "ANY 1 (*)");
         assert!(parse_sample(&[Some("maybe")], &[]).is_err());
         assert!(parse_sample(&[], &[]).is_err());
     }

@@ -92,6 +92,35 @@ pub struct Tracker {
     tracks: Vec<Track>,
     history: WalHistory,
     current: Topology,
+    /// The primary by the failover controller's authority (the holder of the epoch);
+    /// `None` until it has one, when any node answering as primary is taken.
+    primary: Option<usize>,
+}
+
+/// What the failover controller sees of one node: how long it has been silent and what
+/// it said last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// Heartbeats failed in a row (0 when the latest one succeeded).
+    pub failures: u32,
+    /// When the node last answered.
+    pub last_ok: Option<Instant>,
+    /// Its latest successful heartbeat (kept while it fails).
+    pub sample: Option<Sample>,
+}
+
+impl NodeView {
+    /// Answered its latest heartbeat.
+    pub fn alive(&self) -> bool {
+        self.failures == 0 && self.sample.is_some()
+    }
+
+    /// Alive and answering in this role.
+    pub fn alive_as(&self, role: Role) -> Option<&Sample> {
+        self.sample
+            .as_ref()
+            .filter(|s| self.failures == 0 && s.role == role)
+    }
 }
 
 impl Tracker {
@@ -129,6 +158,28 @@ impl Tracker {
             tracks,
             history,
             current: initial,
+            primary: None,
+        }
+    }
+
+    /// Every node as the failover controller sees it.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.tracks
+            .iter()
+            .map(|t| NodeView {
+                failures: t.failures,
+                last_ok: t.last_ok,
+                sample: t.sample.clone(),
+            })
+            .collect()
+    }
+
+    /// Lag is measured against this node only (the holder of the epoch): a fenced old
+    /// primary's WAL positions are on another timeline and mean nothing for replicas.
+    pub fn set_primary(&mut self, node: Option<usize>) {
+        if node != self.primary {
+            self.primary = node;
+            self.history = WalHistory::default();
         }
     }
 
@@ -166,7 +217,7 @@ impl Tracker {
         };
         track.failures = 0;
         track.last_ok = Some(at);
-        if sample.role == Role::Primary {
+        if sample.role == Role::Primary && self.primary.is_none_or(|p| p == node) {
             if let Some(lsn) = sample.current {
                 self.history.record(at, lsn);
             }
@@ -200,6 +251,13 @@ impl Tracker {
 
     /// The sample of the one node currently answering as primary.
     fn primary_sample(&self) -> Option<&Sample> {
+        if let Some(p) = self.primary {
+            let t = self.tracks.get(p)?;
+            return t
+                .sample
+                .as_ref()
+                .filter(|s| t.failures == 0 && s.role == Role::Primary);
+        }
         let mut it = self
             .tracks
             .iter()
@@ -257,6 +315,7 @@ impl Tracker {
             epoch: self.current.epoch,
             nodes: (0..self.specs.len()).map(|i| self.status(i, now)).collect(),
             when_no_replica: self.settings.when_no_replica,
+            writes_held: None,
         };
         if next.nodes == self.current.nodes && next.when_no_replica == self.current.when_no_replica
         {

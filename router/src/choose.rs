@@ -337,6 +337,7 @@ mod tests {
             let t = Topology {
                 nodes: nodes.iter().enumerate().map(|(i, &(r, s, _))| node_in(i, r, s)).collect(),
                 when_no_replica: if fail { NoReplica::Error } else { NoReplica::Primary },
+                writes_held: None,
                 ..Topology::default()
             };
             let load = |n: NodeId| nodes[n.0].2;

@@ -1,7 +1,7 @@
 //! Domain newtypes. They exist so that a byte count, a millisecond count and a WAL
 //! position can never be mixed up by accident.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,8 +48,17 @@ impl fmt::Display for NodeId {
 }
 
 /// Fencing token: bumped by every promotion, never decreases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch after this one (a promotion's fencing token).
+    pub fn next(self) -> Epoch {
+        Epoch(self.0.saturating_add(1))
+    }
+}
 
 /// What a node says it is. Roles are discovered from the nodes, never configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -92,6 +101,13 @@ pub enum NodeState {
     Down,
     /// A replica that answers but is over a lag bound: no reads until back under.
     Lagging,
+    /// Claims to be primary without holding the current epoch (an old primary that came
+    /// back, or the loser of a split brain): never routed to, made read-only. It rejoins
+    /// only as a replica of the current primary.
+    Fenced,
+    /// A replica that cannot follow the current primary (it has WAL the new primary
+    /// never had, or did not start streaming from it): never routed to until it does.
+    Diverged,
 }
 
 /// How far a replica is behind its primary.
@@ -191,6 +207,10 @@ pub struct Topology {
     /// The read policy the snapshot was built for, so every decision uses one consistent
     /// view (and the admin API shows it).
     pub when_no_replica: NoReplica,
+    /// Why writes may not go anywhere right now (a failover or switchover in progress, a
+    /// primary pgrelay cannot reach but the replicas can): writes wait, then fail with
+    /// this reason. Reads are unaffected.
+    pub writes_held: Option<String>,
 }
 
 impl Topology {
@@ -198,8 +218,12 @@ impl Topology {
         self.nodes.get(id.0)
     }
 
-    /// The routable primary, if exactly one node that is not down claims the role.
+    /// The routable primary, if exactly one node that is not down or fenced claims the
+    /// role, and writes are not held.
     pub fn primary(&self) -> Option<&NodeStatus> {
+        if self.writes_held.is_some() {
+            return None;
+        }
         let mut it = self.nodes.iter().filter(|n| n.writable());
         let first = it.next()?;
         match it.next() {

@@ -97,6 +97,7 @@ async fn monitor_stops_on_shutdown_and_when_its_sender_drops() {
         settings(Duration::from_millis(20), Duration::from_millis(500)),
         topology.clone(),
         no_op(),
+        None,
         rx,
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -117,6 +118,7 @@ async fn monitor_stops_on_shutdown_and_when_its_sender_drops() {
         settings(Duration::from_secs(3600), Duration::from_millis(100)),
         crate::shared(Topology::default()),
         no_op(),
+        None,
         rx,
     );
     drop(tx);
@@ -231,6 +233,7 @@ impl Fake {
             settings(I, TIMEOUT),
             topology.clone(),
             Arc::new(move |id| d.lock().unwrap().push(id)),
+            None,
             rx,
         );
         let fake = Fake {

@@ -261,6 +261,8 @@ fn the_primary_report_is_a_second_opinion() {
         application_name: "pg1".into(),
         replay: Some(Lsn(1000)),
         replay_lag: Some(Duration::from_secs(5)),
+        sync_state: None,
+        flush: None,
     }];
     w.ok(0, 0, p);
     w.ok(1, 10, replica(1000));
