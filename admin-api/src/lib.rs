@@ -5,9 +5,12 @@
 //! The API only reads the topology snapshot through arc-swap, so a slow or stuck HTTP
 //! client never holds anything the data path needs.
 
+mod actions;
+
 use std::future::Future;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use axum::routing::{get, post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -20,6 +23,8 @@ pub type MetricsFn = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 pub struct AdminState {
     pub topology: health::SharedTopology,
     pub metrics: Option<MetricsFn>,
+    /// Switchover, failover, pause and resume (none: the actions answer 503).
+    pub failover: Option<health::failover::FailoverHandle>,
 }
 
 /// The routes, without a listener, so tests can drive them with `oneshot`.
@@ -28,6 +33,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health_check))
         .route("/topology", get(topology))
         .route("/metrics", get(metrics))
+        .route("/switchover", post(actions::switchover))
+        .route("/failover", post(actions::failover))
+        .route("/failover/pause", post(actions::pause))
+        .route("/failover/resume", post(actions::resume))
         .with_state(state)
 }
 
@@ -59,9 +68,19 @@ async fn health_check(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, Json(body))
 }
 
+#[derive(Serialize)]
+struct TopologyBody {
+    #[serde(flatten)]
+    topology: router::Topology,
+    failover: Option<actions::FailoverView>,
+}
+
 async fn topology(State(state): State<AdminState>) -> impl IntoResponse {
     let topo = state.topology.load_full();
-    Json(topo.as_ref().clone())
+    Json(TopologyBody {
+        topology: topo.as_ref().clone(),
+        failover: actions::view(&state),
+    })
 }
 
 /// Prometheus text exposition (format 0.0.4).
@@ -150,6 +169,7 @@ mod tests {
             let state = AdminState {
                 topology: health::shared(topo(up)),
                 metrics: None,
+                failover: None,
             };
             let (status, body) = get_json(state, "/health").await;
             assert_eq!(status, StatusCode::OK);
@@ -163,6 +183,7 @@ mod tests {
         let state = AdminState {
             topology: health::shared(topo(true)),
             metrics: None,
+            failover: None,
         };
         let (_, body) = get_json(state.clone(), "/topology").await;
         assert_eq!(body["version"], 3);
@@ -181,6 +202,7 @@ mod tests {
         let state = AdminState {
             topology: health::shared(topo(true)),
             metrics: None,
+            failover: None,
         };
         let (_, body) = get_json(state, "/topology").await;
         let replica = &body["nodes"][1];
@@ -201,6 +223,7 @@ mod tests {
         let state = AdminState {
             topology: health::shared(topo(true)),
             metrics: Some(std::sync::Arc::new(|| "pgrelay_up 1\n".to_string())),
+            failover: None,
         };
         let resp = router(state)
             .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -221,6 +244,7 @@ mod tests {
         let state = AdminState {
             topology: health::shared(topo(true)),
             metrics: None,
+            failover: None,
         };
         let resp = router(state)
             .oneshot(Request::get("/nope").body(Body::empty()).unwrap())

@@ -28,6 +28,8 @@ pub enum AppError {
     },
     #[error("admin API failed: {0}")]
     Admin(std::io::Error),
+    #[error("failover state: {0}")]
+    State(#[from] health::CoordinatorError),
 }
 
 /// The sockets pgrelay serves on. Binding is separate from running so that a bad config
@@ -58,6 +60,8 @@ pub struct Handle {
     pub shared: Arc<Shared>,
     /// Heartbeats sent per node: what watching the cluster costs.
     pub heartbeats: Arc<health::BeatCounts>,
+    /// Switchover, manual failover, pause and resume.
+    pub failover: health::failover::FailoverHandle,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
@@ -94,9 +98,22 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         bounds: config.routing.lag_bounds(),
         when_no_replica: config.routing.when_no_replica.into(),
     };
-    let initial = health::discover_with(&specs, &creds, settings).await;
+    // The epoch and its holder survive restarts: read them before anything is routed,
+    // so a node that lost its claim is fenced from the first snapshot on.
+    let coordinator: Arc<dyn health::Coordinator> = match &config.failover.state_file {
+        Some(path) => Arc::new(health::LocalCoordinator::open(path)?),
+        None => Arc::new(health::LocalCoordinator::default()),
+    };
+    let authority = coordinator.load()?;
+    let controller = health::failover::Controller::new(
+        config.failover.settings(config.health.interval),
+        specs.iter().map(|s| s.name.clone()).collect(),
+        authority,
+    );
+    let mut initial = health::discover_with(&specs, &creds, settings).await;
+    controller.overlay(&mut initial);
     if initial.primary().is_none() {
-        tracing::warn!("no primary found yet; writes fail until one is reachable");
+        tracing::warn!("no primary found yet; writes wait for one");
     }
     let topology = health::shared(initial);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -147,6 +164,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         read_only_retries: Default::default(),
         consistency: config.routing.consistency,
         ryw_timeout: config.routing.read_your_writes_timeout,
+        write_wait: config.failover.write_wait,
         ryw: Default::default(),
         observed_replay: specs.iter().map(|_| AtomicU64::new(0)).collect(),
         sessions: Default::default(),
@@ -163,12 +181,30 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             }
         }
     });
+    let weak = Arc::downgrade(&shared);
+    let in_flight: health::failover::InFlight =
+        Arc::new(move |node| weak.upgrade().map_or(0, |s| s.pools.load(node)));
+    let (failover, inbox) = health::failover::FailoverHandle::new();
+    let setup = health::failover::FailoverSetup {
+        controller,
+        coordinator,
+        effects: health::failover::Effects {
+            specs: specs.clone(),
+            creds: creds.clone(),
+            timeout: config.health.timeout.max(Duration::from_secs(2)),
+            promote_timeout: config.failover.promote_timeout,
+            fence_command: config.failover.fence_command.clone(),
+            in_flight,
+        },
+        inbox,
+    };
     let (monitor, heartbeats) = HealthMonitor::spawn(
         specs,
         creds,
         settings,
         topology.clone(),
         on_down,
+        Some(setup),
         shutdown_rx.clone(),
     );
 
@@ -189,6 +225,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
     let admin_state = admin_api::AdminState {
         topology,
         metrics: Some(metrics),
+        failover: Some(failover.clone()),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(admin_api::serve(listeners.admin, admin_state, async move {
@@ -208,6 +245,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         admin_addr,
         shared,
         heartbeats,
+        failover,
         shutdown: shutdown_tx,
         task,
     })

@@ -31,6 +31,8 @@ pub enum ClientError {
     StartupTimeout(Duration),
     #[error("no primary is available to run this statement")]
     NoPrimary,
+    #[error("no primary to run this statement after waiting {waited:?}: {reason}")]
+    WritesHeld { reason: String, waited: Duration },
     #[error("no node is available")]
     NoNode,
     #[error("no replica within the lag bounds is available for this read (routing.when_no_replica is error)")]
@@ -68,6 +70,7 @@ impl ClientError {
             Self::TooManyClients(_) => "53300",
             Self::StartupTimeout(_) => "08006",
             Self::NoPrimary | Self::NoNode | Self::NoReplica => "57P03",
+            Self::WritesHeld { .. } => "57P03",
             Self::Pool(P::Timeout { .. }) => "53300",
             Self::Pool(P::Closed) => "57P03",
             Self::Pool(P::Connect(e)) | Self::Backend(e) => match e {
@@ -109,6 +112,21 @@ impl ClientError {
         }
         let text = self.to_string();
         protocol::backend::error_response(&ErrorMessage::new(severity, self.sqlstate(), &text))
+    }
+}
+
+impl ClientError {
+    /// Might a primary turn up if the unit waits: none is known (a failover, held
+    /// writes), or the one known cannot be reached (it may be failing over).
+    pub fn awaits_primary(&self) -> bool {
+        use crate::backend::BackendError as B;
+        use crate::pool::PoolError as P;
+        matches!(
+            self,
+            Self::NoPrimary
+                | Self::Pool(P::Closed)
+                | Self::Pool(P::Connect(B::Io(_) | B::Timeout(_)))
+        )
     }
 }
 

@@ -77,6 +77,36 @@ pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     ("routing.read_your_writes_timeout", |c, v| {
         parse_duration(v).map(|d| c.routing.read_your_writes_timeout = d)
     }),
+    ("failover.mode", |c, v| from_str(&mut c.failover.mode, v)),
+    ("failover.state_file", |c, v| {
+        c.failover.state_file = Some(v.into());
+        Ok(())
+    }),
+    ("failover.fence_command", |c, v| {
+        c.failover.fence_command = Some(v.to_string()).filter(|v| !v.trim().is_empty());
+        Ok(())
+    }),
+    ("failover.missed_heartbeats", |c, v| {
+        from_str(&mut c.failover.missed_heartbeats, v)
+    }),
+    ("failover.max_lag_on_failover", |c, v| {
+        parse_size(v).map(|s| c.failover.max_lag_on_failover = s)
+    }),
+    ("failover.write_wait", |c, v| {
+        parse_duration(v).map(|d| c.failover.write_wait = d)
+    }),
+    ("failover.promote_timeout", |c, v| {
+        parse_duration(v).map(|d| c.failover.promote_timeout = d)
+    }),
+    ("failover.follow_timeout", |c, v| {
+        parse_duration(v).map(|d| c.failover.follow_timeout = d)
+    }),
+    ("failover.drain_timeout", |c, v| {
+        parse_duration(v).map(|d| c.failover.drain_timeout = d)
+    }),
+    ("failover.catch_up_timeout", |c, v| {
+        parse_duration(v).map(|d| c.failover.catch_up_timeout = d)
+    }),
 ];
 
 /// The variable that overrides `key`: `pool.size` → `PGRELAY_POOL_SIZE`.
@@ -270,10 +300,20 @@ mod tests {
             "PGRELAY_ROUTING_WHEN_NO_REPLICA",
             "PGRELAY_ROUTING_CONSISTENCY",
             "PGRELAY_ROUTING_READ_YOUR_WRITES_TIMEOUT",
+            "PGRELAY_FAILOVER_MODE",
+            "PGRELAY_FAILOVER_STATE_FILE",
+            "PGRELAY_FAILOVER_FENCE_COMMAND",
+            "PGRELAY_FAILOVER_MISSED_HEARTBEATS",
+            "PGRELAY_FAILOVER_MAX_LAG_ON_FAILOVER",
+            "PGRELAY_FAILOVER_WRITE_WAIT",
+            "PGRELAY_FAILOVER_PROMOTE_TIMEOUT",
+            "PGRELAY_FAILOVER_FOLLOW_TIMEOUT",
+            "PGRELAY_FAILOVER_DRAIN_TIMEOUT",
+            "PGRELAY_FAILOVER_CATCH_UP_TIMEOUT",
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 24);
+        assert_eq!(names.len(), 34);
     }
 
     #[test]

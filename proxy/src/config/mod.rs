@@ -5,6 +5,7 @@
 
 mod env;
 mod error;
+mod failover;
 mod secret;
 mod units;
 mod validate;
@@ -15,6 +16,7 @@ mod tests;
 
 pub use env::env_var;
 pub use error::ConfigError;
+pub use failover::FailoverConfig;
 pub use secret::Secret;
 pub use units::{
     parse_duration, parse_optional_duration, parse_optional_size, parse_size, ByteSize,
@@ -44,6 +46,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub health: HealthConfig,
     pub routing: RoutingConfig,
+    pub failover: FailoverConfig,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             health: HealthConfig::default(),
             routing: RoutingConfig::default(),
+            failover: FailoverConfig::default(),
         }
     }
 }
@@ -311,6 +315,10 @@ impl FromStr for WhenNoReplica {
     }
 }
 
+/// The failover state file's name when `failover.state_file` is not set: it goes next
+/// to the config file.
+pub const STATE_FILE: &str = "pgrelay-state.json";
+
 impl Config {
     /// Reads `path`, applies the process environment's `PGRELAY_*` overrides, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -319,7 +327,13 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Self::parse_named(&text, &file, |name| std::env::var(name).ok())
+        let mut config = Self::parse_named(&text, &file, |name| std::env::var(name).ok())?;
+        if config.failover.state_file.is_none() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or_else(|| Path::new("."));
+            config.failover.state_file = Some(dir.join(STATE_FILE));
+        }
+        Ok(config)
     }
 
     /// Like [`Config::load`] on text, with the environment injected so tests need not

@@ -102,6 +102,10 @@ pub(crate) fn validate(c: &Config) -> Result<(), Violation> {
             c.pool.prepared_statements_limit,
         ),
         ("limits.max_clients", c.limits.max_clients),
+        (
+            "failover.missed_heartbeats",
+            c.failover.missed_heartbeats as usize,
+        ),
     ] {
         if value == 0 {
             return Err(violation(key, "must be at least 1"));
@@ -123,6 +127,10 @@ pub(crate) fn validate(c: &Config) -> Result<(), Violation> {
         ("limits.startup_timeout", c.limits.startup_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
+        ("failover.promote_timeout", c.failover.promote_timeout),
+        ("failover.follow_timeout", c.failover.follow_timeout),
+        ("failover.drain_timeout", c.failover.drain_timeout),
+        ("failover.catch_up_timeout", c.failover.catch_up_timeout),
     ];
     for (key, value) in durations {
         if value == Duration::ZERO {

@@ -54,6 +54,8 @@ pub struct Shared {
     /// The level of sessions whose user and client choose none.
     pub consistency: router::Consistency,
     pub ryw_timeout: Duration,
+    /// How long a unit that needs the primary waits for one (`failover.write_wait`).
+    pub write_wait: Duration,
     pub ryw: consistency::RywStats,
     /// Per node, the highest replay position any session saw there (raw LSN). Reset
     /// when the node goes down, since a restarted replica may show less.

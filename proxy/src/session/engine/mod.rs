@@ -467,7 +467,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// A read with a floor goes where the floor is known to be replayed, or to the most
     /// advanced replica to be checked on the way (`retryable` units only). Returns the
     /// floor to check, if any.
+    ///
+    /// With no primary to be had (a failover under way, a primary that cannot be
+    /// reached), the unit waits up to `failover.write_wait` for one, then fails with
+    /// the reason. It has not been sent anywhere, so nothing is lost by waiting.
     async fn lease_for(
+        &mut self,
+        class: Class,
+        retryable: bool,
+    ) -> Result<Option<router::Lsn>, ClientError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let err = match self.lease_once(class, retryable).await {
+                Err(e) if e.awaits_primary() => e,
+                other => return other,
+            };
+            let waited = started.elapsed();
+            if waited >= self.ctx.write_wait {
+                let held = self.ctx.topology.load().writes_held.clone();
+                return Err(match (held, err) {
+                    (Some(reason), _) => ClientError::WritesHeld { reason, waited },
+                    (None, ClientError::NoPrimary) => ClientError::WritesHeld {
+                        reason: "no node is the primary".into(),
+                        waited,
+                    },
+                    (None, e) => e,
+                });
+            }
+            // Topology snapshots carry no wake-up; a short poll, bounded by write_wait,
+            // costs nothing next to a failover.
+            tokio::time::sleep(pause.min(self.ctx.write_wait - waited)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
+    async fn lease_once(
         &mut self,
         class: Class,
         retryable: bool,
