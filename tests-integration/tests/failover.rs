@@ -57,6 +57,15 @@ async fn proxy(c: &Cluster, f: &Files) -> Handle {
     .await
 }
 
+/// A primary and two replicas shaped by `cfg`, and pgrelay in front with failover state
+/// and a fence command that logs to files in the cluster's directory.
+async fn one_plus_two(cfg: ClusterConfig) -> (Cluster, Files, Handle) {
+    let c = cluster(ClusterConfig { replicas: 2, ..cfg }).await;
+    let f = files(&c);
+    let p = proxy(&c, &f).await;
+    (c, f, p)
+}
+
 /// What one writer saw: per write, when it was sent and acknowledged, or its error.
 type Log = Vec<(i32, Instant, Result<Instant, String>)>;
 
@@ -179,13 +188,7 @@ fn errors(logs: &[Log]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_replaced_fenced_when_back_and_remembered_after_restart() {
-    let c = cluster(ClusterConfig {
-        replicas: 2,
-        ..Default::default()
-    })
-    .await;
-    let f = files(&c);
-    let p = proxy(&c, &f).await;
+    let (c, f, p) = one_plus_two(ClusterConfig::default()).await;
     setup_table(&proxy_info(&p)).await;
     assert_eq!(primary_of(&p), (Epoch(1), Some(0)));
 
@@ -268,14 +271,11 @@ async fn a_killed_primary_is_replaced_fenced_when_back_and_remembered_after_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_replication_loses_no_acknowledged_write() {
-    let c = cluster(ClusterConfig {
-        replicas: 2,
+    let sync = ClusterConfig {
         synchronous_standby_names: Some("ANY 1 (*)".into()),
         ..Default::default()
-    })
-    .await;
-    let f = files(&c);
-    let p = proxy(&c, &f).await;
+    };
+    let (c, _files, p) = one_plus_two(sync).await;
     setup_table(&proxy_info(&p)).await;
     // Every standby must be seen as a quorum member before the kill.
     eventually(Duration::from_secs(10), "quorum standbys", || async {
@@ -288,7 +288,10 @@ async fn synchronous_replication_loses_no_acknowledged_write() {
         (n.trim() == "2").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // let a heartbeat see them
+    // ...and a heartbeat of the primary must have seen them so.
+    let beats = p.heartbeats.beats(router::NodeId(0));
+    let seen = || async { (p.heartbeats.beats(router::NodeId(0)) > beats + 1).then_some(()) };
+    eventually(Duration::from_secs(10), "a heartbeat after that", seen).await;
     let (took, logs, new) = kill_under_writes(&c, &p).await;
     let acked: usize = logs.iter().flatten().filter(|x| x.2.is_ok()).count();
     let missing = acked_rows_missing(&direct_info(&c, new), &logs).await;
@@ -299,13 +302,7 @@ async fn synchronous_replication_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_under_load_loses_nothing_and_fails_no_autocommit_write() {
-    let c = cluster(ClusterConfig {
-        replicas: 2,
-        ..Default::default()
-    })
-    .await;
-    let f = files(&c);
-    let p = proxy(&c, &f).await;
+    let (c, f, p) = one_plus_two(ClusterConfig::default()).await;
     let info = proxy_info(&p);
     setup_table(&info).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -353,6 +350,12 @@ async fn switchover_under_load_loses_nothing_and_fails_no_autocommit_write() {
     let t = p.shared.topology.load();
     assert_eq!(t.nodes[0].state, NodeState::Fenced);
     assert_eq!(t.nodes[1].role, Role::Primary);
+    // The old primary's fence command (the demotion hook) ran.
+    eventually(Duration::from_secs(10), "fence command for pg0", || async {
+        let log = std::fs::read_to_string(&f.fenced).ok()?;
+        log.lines().any(|l| l.starts_with("pg0 ")).then_some(())
+    })
+    .await;
     p.shutdown().await.expect("shutdown");
 }
 
