@@ -191,6 +191,16 @@ async fn a_killed_primary_is_replaced_fenced_when_back_and_remembered_after_rest
     let (c, f, p) = one_plus_two(ClusterConfig::default()).await;
     setup_table(&proxy_info(&p)).await;
     assert_eq!(primary_of(&p), (Epoch(1), Some(0)));
+    // An idle session with a prepared statement and a setting, made on the old primary.
+    let idle = connect(&proxy_info(&p)).await;
+    let insert = idle
+        .prepare("INSERT INTO t (writer, seq) VALUES (101, $1)")
+        .await
+        .expect("prepare");
+    idle.batch_execute("SET statement_timeout = '12s'")
+        .await
+        .expect("set");
+    idle.execute(&insert, &[&0]).await.expect("insert");
 
     let (took, logs, new) = kill_under_writes(&c, &p).await;
     let errs = errors(&logs);
@@ -210,6 +220,17 @@ async fn a_killed_primary_is_replaced_fenced_when_back_and_remembered_after_rest
         .expect("the other replica streams");
     assert!(tli >= 2, "pg{other} streams on timeline {tli}");
     let follower = connect(&direct_info(&c, other)).await;
+
+    // The idle session noticed nothing: its statement and setting work on the new primary.
+    idle.execute(&insert, &[&1])
+        .await
+        .expect("prepared statement after failover");
+    let timeout: String = idle
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(timeout, "12s");
 
     // Reads after the failover see the session's own writes.
     let s = connect(&proxy_info(&p)).await;
