@@ -295,6 +295,9 @@ async fn publish_loop(
             tracker.set_primary(d.primary());
         }
         publish(&tracker, driver.as_ref(), &topology);
+        if let Some(d) = driver.as_mut() {
+            d.send_replies();
+        }
     }
 }
 

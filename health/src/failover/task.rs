@@ -27,6 +27,9 @@ pub(crate) struct Driver {
     effects: Arc<Effects>,
     results: mpsc::UnboundedSender<Input>,
     pending: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Answers wait here until the snapshot they describe is published, so a caller
+    /// that reads the topology right after its reply sees the change.
+    answered: Vec<(u64, Reply)>,
     next_id: u64,
     status: Arc<Mutex<FailoverStatus>>,
     on_down: OnDown,
@@ -48,6 +51,7 @@ impl Driver {
             effects: Arc::new(setup.effects),
             results: tx,
             pending: HashMap::new(),
+            answered: Vec::new(),
             next_id: 0,
             status: setup.inbox.status,
             on_down,
@@ -113,11 +117,7 @@ impl Driver {
         match action {
             Action::Persist(_) => {}
             Action::DropPooled(node) => (self.on_down)(node),
-            Action::Reply { id, reply } => {
-                if let Some(tx) = self.pending.remove(&id) {
-                    let _ = tx.send(reply);
-                }
-            }
+            Action::Reply { id, reply } => self.answered.push((id, reply)),
             Action::Promote { node } => {
                 tokio::spawn(async move {
                     let result = actions::promote(&e, node).await;
@@ -163,6 +163,15 @@ impl Driver {
                         tracing::error!(node = %e.specs[node.0].name, error = %err, "could not make the old primary writable again");
                     }
                 });
+            }
+        }
+    }
+
+    /// Sends the answers held back by [`Driver::step`]; call after publishing.
+    pub(crate) fn send_replies(&mut self) {
+        for (id, reply) in self.answered.drain(..) {
+            if let Some(tx) = self.pending.remove(&id) {
+                let _ = tx.send(reply);
             }
         }
     }
