@@ -93,12 +93,14 @@ pub async fn discover_with(
 #[derive(Debug, Default)]
 pub struct BeatCounts {
     beats: Vec<AtomicU64>,
+    failures: Vec<AtomicU64>,
 }
 
 impl BeatCounts {
     pub fn new(nodes: usize) -> Self {
         BeatCounts {
             beats: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            failures: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -107,6 +109,19 @@ impl BeatCounts {
         self.beats
             .get(node.0)
             .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    /// Heartbeats of `node` that failed (error or timeout) so far.
+    pub fn failures(&self, node: NodeId) -> u64 {
+        self.failures
+            .get(node.0)
+            .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    fn count_failure(&self, node: usize) {
+        if let Some(b) = self.failures.get(node) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn count(&self, node: usize) {
@@ -213,6 +228,7 @@ async fn beat_loop<P: Pulse>(
             Ok(_) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
+                counts.count_failure(node);
                 tracing::debug!(node, error = %e, failures, "heartbeat failed");
             }
         }

@@ -5,7 +5,7 @@
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::{PoolSettings, Pools};
-use crate::session::{serve_client, NodeInfo, Shared, UserAuth};
+use crate::session::{serve_client, NodeInfo, Shared};
 use health::{ControlCreds, HealthMonitor, NodeSpec};
 use router::NodeId;
 use std::net::SocketAddr;
@@ -62,11 +62,17 @@ pub struct Handle {
     pub heartbeats: Arc<health::BeatCounts>,
     /// Switchover, manual failover, pause and resume.
     pub failover: health::failover::FailoverHandle,
+    reloader: Arc<crate::reload::Reloader>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
 
 impl Handle {
+    /// Re-read the config file and apply what can change live (SIGHUP, `POST /reload`).
+    pub fn reload(&self) -> Result<admin_api::ReloadReport, String> {
+        self.reloader.reload()
+    }
+
     /// Stop accepting, stop the background tasks, and wait for them.
     pub async fn shutdown(self) -> Result<(), AppError> {
         let _ = self.shutdown.send(true);
@@ -118,19 +124,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
     let topology = health::shared(initial);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let users = config
-        .users
-        .iter()
-        .map(|u| {
-            let auth = UserAuth {
-                password: u.password.expose().to_string(),
-                method: config.auth_for(u),
-                scram: protocol::auth::ScramVerifier::new(u.password.expose()),
-                consistency: u.consistency,
-            };
-            (u.name.clone(), auth)
-        })
-        .collect();
     let shared = Arc::new(Shared {
         nodes: specs
             .iter()
@@ -139,7 +132,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
                 addr: s.addr(),
             })
             .collect(),
-        users,
+        live: arc_swap::ArcSwap::from_pointee(crate::reload::live(&config)),
         topology: topology.clone(),
         pools: Pools::new(
             PoolSettings {
@@ -157,17 +150,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         backend_max_message: BACKEND_MAX_MESSAGE,
         startup_timeout: config.limits.startup_timeout,
         cancel_timeout: Duration::from_secs(5),
-        replica_reads: config.routing.replica_reads,
         pinned_sessions: Default::default(),
         pins_total: Default::default(),
         prepared_limit: config.pool.prepared_statements_limit,
         read_only_retries: Default::default(),
-        consistency: config.routing.consistency,
-        ryw_timeout: config.routing.read_your_writes_timeout,
-        write_wait: config.failover.write_wait,
         ryw: Default::default(),
         observed_replay: specs.iter().map(|_| AtomicU64::new(0)).collect(),
         sessions: Default::default(),
+        registry: Default::default(),
+        stats: crate::stats::Stats::new(specs.len()),
     });
 
     // A node that went down takes its idle pooled connections with it; the monitor holds
@@ -216,16 +207,23 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             source,
         })?;
     let admin_addr = listeners.admin.local_addr().map_err(AppError::Admin)?;
-    let weak = Arc::downgrade(&shared);
-    let metrics: admin_api::MetricsFn = Arc::new(move || {
-        weak.upgrade()
-            .map(|s| crate::metrics::render(&s))
-            .unwrap_or_default()
-    });
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config.source.clone(),
+        config.clone(),
+        Arc::downgrade(&shared),
+    ));
+    let bridge = crate::admin::Bridge {
+        shared: Arc::downgrade(&shared),
+        heartbeats: heartbeats.clone(),
+        failover: failover.clone(),
+        reloader: reloader.clone(),
+    };
+    let token = config.admin.token.as_ref().map(|t| t.expose());
     let admin_state = admin_api::AdminState {
         topology,
-        metrics: Some(metrics),
+        proxy: Some(Arc::new(bridge)),
         failover: Some(failover.clone()),
+        access: admin_api::Access::new(token, config.admin.open_reads),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(admin_api::serve(listeners.admin, admin_state, async move {
@@ -246,6 +244,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
         shared,
         heartbeats,
         failover,
+        reloader,
         shutdown: shutdown_tx,
         task,
     })
@@ -279,7 +278,7 @@ async fn accept_loop(
                     Ok(permit) => {
                         tokio::spawn(async move {
                             tracing::debug!(%peer, "client connected");
-                            serve_client(stream, shared).await;
+                            serve_client(stream, Some(peer), shared).await;
                             drop(permit);
                         });
                     }

@@ -6,6 +6,7 @@
 //! `pool` and `backend` (server connections), `cancel` (cancel-key mapping), `errors`
 //! (the one place errors become ErrorResponses), `demo` (a local cluster to try it on).
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod cancel;
@@ -15,7 +16,9 @@ pub mod errors;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;
+pub mod reload;
 pub mod session;
+pub mod stats;
 
 /// The routing vocabulary (`Topology`, `NodeState`, ...), for embedders and tests that
 /// inspect the live topology.

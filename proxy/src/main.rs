@@ -16,8 +16,14 @@ struct Cli {
     /// YAML configuration file (see config.example.yaml). PGRELAY_* variables override it.
     #[arg(long, short, env = "PGRELAY_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", global = true)]
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        env = "PGRELAY_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -72,6 +78,29 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Serves until asked to stop; each SIGHUP re-reads the config file (as `POST /reload`
+/// does; the reloader logs the outcome).
+async fn reload_on_hangup(handle: &pgrelay::app::Handle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let stop = stop_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        let _ = handle.reload();
+                    }
+                }
+            }
+        }
+    }
+    stop_signal().await;
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -123,7 +152,7 @@ fn run() -> anyhow::Result<()> {
             (_, Some(config)) => {
                 let listeners = pgrelay::app::Listeners::bind(&config).await?;
                 let handle = pgrelay::app::start(config, listeners).await?;
-                stop_signal().await;
+                reload_on_hangup(&handle).await;
                 tracing::info!("shutting down");
                 handle.shutdown().await?;
             }

@@ -55,6 +55,8 @@ pub struct Pool {
     startup_params: Mutex<Option<Vec<(String, String)>>>,
     /// Outstanding leases on this pool's node, summed over all its pools.
     node_load: Arc<AtomicUsize>,
+    /// Sessions waiting for a connection on this pool's node.
+    node_waiting: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -63,9 +65,11 @@ impl Pool {
         spec: ConnectSpec,
         settings: PoolSettings,
         node_load: Arc<AtomicUsize>,
+        node_waiting: Arc<AtomicUsize>,
     ) -> Self {
         Pool {
             node_load,
+            node_waiting,
             node_name,
             spec,
             settings,
@@ -86,8 +90,14 @@ impl Pool {
     /// Lease a connection: an idle one if a live one is there, else a new one.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let waited = self.settings.acquire_timeout;
-        let permit = match tokio::time::timeout(waited, self.permits.clone().acquire_owned()).await
-        {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => {
+                let _waiting = LoadGuard::new(&self.node_waiting);
+                tokio::time::timeout(waited, self.permits.clone().acquire_owned()).await
+            }
+        };
+        let permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(PoolError::Closed),
             Err(_) => {
@@ -232,6 +242,17 @@ pub struct Pools {
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// Outstanding leases per node (index = node id), read without a lock by routing.
     loads: Vec<Arc<AtomicUsize>>,
+    /// Sessions waiting for a connection, per node.
+    waiting: Vec<Arc<AtomicUsize>>,
+}
+
+/// Connection use on one node, summed over its pools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub pools: usize,
+    pub idle: usize,
+    pub in_use: usize,
+    pub waiting: usize,
 }
 
 impl Pools {
@@ -248,6 +269,7 @@ impl Pools {
             max_message,
             map: Mutex::new(HashMap::new()),
             loads: (0..nodes).map(|_| Arc::default()).collect(),
+            waiting: (0..nodes).map(|_| Arc::default()).collect(),
         }
     }
 
@@ -282,7 +304,14 @@ impl Pools {
             max_message: self.max_message,
         };
         let load = self.loads.get(key.node.0).cloned().unwrap_or_default();
-        let pool = Arc::new(Pool::new(node_name.to_string(), spec, self.settings, load));
+        let waiting = self.waiting.get(key.node.0).cloned().unwrap_or_default();
+        let pool = Arc::new(Pool::new(
+            node_name.to_string(),
+            spec,
+            self.settings,
+            load,
+            waiting,
+        ));
         map.insert(key.clone(), pool.clone());
         pool
     }
@@ -295,17 +324,26 @@ impl Pools {
         }
     }
 
-    /// (node, idle, in use) summed over pools, for logs and the admin API.
-    pub fn usage(&self) -> Vec<(NodeId, usize, usize)> {
+    /// Connection use on `node`, summed over its pools, for the admin API.
+    pub fn usage(&self, node: NodeId) -> NodeUsage {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: HashMap<NodeId, (usize, usize)> = HashMap::new();
-        for pool in map.values() {
-            let e = out.entry(pool.node()).or_default();
-            e.0 += pool.idle_count();
-            e.1 += pool.in_use();
+        let mut u = NodeUsage {
+            waiting: self
+                .waiting
+                .get(node.0)
+                .map_or(0, |w| w.load(Ordering::Relaxed)),
+            ..NodeUsage::default()
+        };
+        for pool in map.values().filter(|p| p.node() == node) {
+            u.pools += 1;
+            u.idle += pool.idle_count();
+            u.in_use += pool.in_use();
         }
-        let mut v: Vec<_> = out.into_iter().map(|(n, (i, u))| (n, i, u)).collect();
-        v.sort_by_key(|x| x.0);
-        v
+        u
+    }
+
+    /// `pool.size`: the limit of each pool.
+    pub fn size(&self) -> usize {
+        self.settings.size
     }
 }

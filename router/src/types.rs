@@ -108,6 +108,9 @@ pub enum NodeState {
     /// A replica that cannot follow the current primary (it has WAL the new primary
     /// never had, or did not start streaming from it): never routed to until it does.
     Diverged,
+    /// Taken out of routing by an operator (`POST /nodes/{name}/drain`), for maintenance:
+    /// no new leases, and never chosen for promotion, until enabled again.
+    Drained,
 }
 
 /// How far a replica is behind its primary.

@@ -2,6 +2,7 @@
 //! both private to one test, plus a raw protocol client for what drivers cannot send and a
 //! TCP relay that can partition a node away ([`relay::Relay`]).
 
+pub mod http;
 pub mod raw;
 pub mod relay;
 

@@ -35,6 +35,21 @@ pub enum Refusal {
     Busy(String),
 }
 
+impl Refusal {
+    /// A stable, machine-readable name for why (the admin API's `reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoCandidate => "no_candidate",
+            Refusal::UnknownNode(_) => "unknown_node",
+            Refusal::NotEligible(..) => "not_eligible",
+            Refusal::TooFarBehind { .. } => "too_far_behind",
+            Refusal::NotMostAdvanced { .. } => "not_most_advanced",
+            Refusal::Synchronous(_) => "synchronous_standby_required",
+            Refusal::Busy(_) => "busy",
+        }
+    }
+}
+
 /// The synchronous rule from the primary's last sample: which standbys qualify, and how
 /// many of them must be heard from. `None` when replication was asynchronous.
 fn sync_rule(primary: &Sample) -> Option<(Vec<&str>, usize)> {

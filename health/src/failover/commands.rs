@@ -35,6 +35,8 @@ impl Controller {
                 tracing::info!("automatic failover resumed");
                 Ok(Some("automatic failover resumed".to_string()))
             }
+            Command::Drain { node } => self.drain(&node),
+            Command::Enable { node } => self.enable(&node),
             Command::Switchover { to } => self.switchover(at, id, &to, acts).map(|()| None),
             Command::Failover { to, force } => self.manual_failover(at, id, to, force, acts),
         };
@@ -45,6 +47,41 @@ impl Controller {
                 tracing::warn!(reason = %r, "request refused");
                 Some(Err(r))
             }
+        }
+    }
+
+    fn drain(&mut self, name: &str) -> Result<Option<String>, Refusal> {
+        let node = self.node_named(name)?;
+        if self.drained[node.0] {
+            return Ok(Some(format!("{name} is drained already")));
+        }
+        if self.primary == Some(node) || self.target() == Some(node) {
+            return Err(Refusal::NotEligible(
+                name.into(),
+                "it is (or is becoming) the primary; switch over first".into(),
+            ));
+        }
+        self.drained[node.0] = true;
+        tracing::warn!(node = name, "node drained: no new leases, not promoted");
+        Ok(Some(format!("{name} drained: no new leases")))
+    }
+
+    fn enable(&mut self, name: &str) -> Result<Option<String>, Refusal> {
+        let node = self.node_named(name)?;
+        if !std::mem::take(&mut self.drained[node.0]) {
+            return Ok(Some(format!("{name} was not drained")));
+        }
+        tracing::info!(node = name, "node enabled");
+        Ok(Some(format!("{name} enabled")))
+    }
+
+    /// The node a failover or switchover in progress is promoting.
+    fn target(&self) -> Option<NodeId> {
+        match self.phase {
+            Phase::Steady => None,
+            Phase::Promoting { target, .. }
+            | Phase::Draining { target, .. }
+            | Phase::CatchingUp { target, .. } => Some(target),
         }
     }
 
@@ -74,6 +111,9 @@ impl Controller {
             })?;
         if from == target {
             return Err(Refusal::NotEligible(to.into(), "it is the primary".into()));
+        }
+        if self.drained[target.0] {
+            return Err(Refusal::NotEligible(to.into(), "it is drained".into()));
         }
         let excluded = self.excluded()[target.0];
         let Some(s) = self.views[target.0]

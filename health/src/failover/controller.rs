@@ -76,6 +76,8 @@ pub struct Controller {
     pub(super) phase: Phase,
     pub(super) fenced: Vec<Option<Fence>>,
     pub(super) diverged: Vec<bool>,
+    /// Taken out of routing by an operator; never promoted while so.
+    pub(super) drained: Vec<bool>,
     /// Re-pointed at the primary at this time; not yet streaming from it.
     pub(super) following: Vec<Option<Instant>>,
     /// Do not re-point before this time (after a failed attempt).
@@ -117,6 +119,7 @@ impl Controller {
             phase: Phase::Steady,
             fenced: vec![None; n],
             diverged: vec![false; n],
+            drained: vec![false; n],
             following: vec![None; n],
             repoint_after: vec![None; n],
             promote_after: None,
@@ -143,6 +146,14 @@ impl Controller {
 
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// Names of the nodes an operator drained.
+    pub fn drained(&self) -> Vec<String> {
+        (0..self.names.len())
+            .filter(|&i| self.drained[i])
+            .map(|i| self.names[i].clone())
+            .collect()
     }
 
     pub fn paused(&self) -> bool {
@@ -177,7 +188,7 @@ impl Controller {
 
     pub(super) fn excluded(&self) -> Vec<bool> {
         (0..self.names.len())
-            .map(|i| self.fenced[i].is_some() || self.diverged[i])
+            .map(|i| self.fenced[i].is_some() || self.diverged[i] || self.drained[i])
             .collect()
     }
 
@@ -338,6 +349,8 @@ impl Controller {
                 n.state = NodeState::Fenced;
             } else if self.diverged.get(i) == Some(&true) {
                 n.state = NodeState::Diverged;
+            } else if self.drained.get(i) == Some(&true) && n.up {
+                n.state = NodeState::Drained;
             } else if self.promoted == Some(n.id) && n.up && n.role == Role::Replica {
                 n.role = Role::Primary;
                 n.state = NodeState::Up;

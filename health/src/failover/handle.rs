@@ -21,6 +21,10 @@ pub struct FailoverStatus {
     pub phase: &'static str,
     pub writes_held: Option<String>,
     pub last: Option<LastFailover>,
+    /// Wall-clock time the last failover completed (this process saw it).
+    pub last_at: Option<std::time::SystemTime>,
+    /// Nodes an operator drained.
+    pub drained: Vec<String>,
     /// Completed promotions since start.
     pub failovers: u64,
     /// Fence commands and fencing statements, by outcome.
@@ -73,5 +77,20 @@ impl FailoverHandle {
 
     pub fn status(&self) -> FailoverStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl FailoverInbox {
+    /// The next request, for a driver other than the health monitor (tools, and tests
+    /// of the layers above). `None` once every handle is gone.
+    pub async fn next(&mut self) -> Option<(Command, oneshot::Sender<Reply>)> {
+        self.requests.recv().await
+    }
+
+    /// Changes the status every handle reports.
+    pub fn update_status(&self, f: impl FnOnce(&mut FailoverStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
     }
 }

@@ -130,6 +130,14 @@ pub enum Command {
     /// Stop promoting on its own (detection goes on), and start again.
     Pause,
     Resume,
+    /// Take a replica out of routing (no new leases) and out of promotion, and put it
+    /// back. The primary cannot be drained: that is what a switchover is for.
+    Drain {
+        node: String,
+    },
+    Enable {
+        node: String,
+    },
 }
 
 /// What came of an operator's request.

@@ -191,7 +191,11 @@ impl Driver {
         };
         s.writes_held = self.ctl.hold().map(str::to_string);
         s.last = self.ctl.last_failover().cloned();
+        if s.failovers != self.ctl.failovers() {
+            s.last_at = Some(std::time::SystemTime::now());
+        }
         s.failovers = self.ctl.failovers();
+        s.drained = self.ctl.drained();
         s.fence_ok += fence_ok;
         s.fence_failed += fence_failed;
     }

@@ -538,3 +538,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_drained_replica_takes_no_reads_and_is_never_promoted() {
+    let mut w = World::steady(3);
+    let ask = |w: &mut World, command: Command| -> Result<String, String> {
+        let acts = w.input(Input::Command { id: 9, command });
+        match &acts[..] {
+            [Action::Reply { reply, .. }] => reply.clone().map_err(|e| e.to_string()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let drain = |n: &str| Command::Drain { node: n.into() };
+    let enable = |n: &str| Command::Enable { node: n.into() };
+    // Table: command → answer (Ok text or Err text).
+    let cases: Vec<(Command, Result<&str, &str>)> = vec![
+        (drain("pg2"), Ok("pg2 drained")),
+        (drain("pg2"), Ok("drained already")),
+        (drain("pg0"), Err("switch over first")),
+        (drain("pg9"), Err("unknown node")),
+        (enable("pg9"), Err("unknown node")),
+        (
+            Command::Switchover { to: "pg2".into() },
+            Err("it is drained"),
+        ),
+    ];
+    for (command, want) in cases {
+        let got = ask(&mut w, command.clone());
+        match (&got, want) {
+            (Ok(text), Ok(w)) | (Err(text), Err(w)) => {
+                assert!(text.contains(w), "{command:?}: {got:?}")
+            }
+            _ => panic!("{command:?}: {got:?}, want {want:?}"),
+        }
+    }
+    let healthy = [primary(100), replica(100, true), replica(100, true)];
+    w.beat(I, &healthy);
+    let t = w.topology();
+    assert_eq!(t.nodes[2].state, NodeState::Drained);
+    assert!(!t.nodes[2].readable_replica());
+    assert!(t.nodes[1].readable_replica());
+    assert_eq!(w.ctl.drained(), ["pg2"]);
+    // The primary dies: pg2 is ahead, but drained, so pg1 is promoted.
+    let gone = [dead(), replica(90, false), replica(95, false)];
+    let mut promoted_node = None;
+    for _ in 0..8 {
+        promoted_node = promoted_node.or(promoted(&w.beat(I, &gone)));
+    }
+    assert_eq!(promoted_node, Some(NodeId(1)));
+    assert_eq!(ask(&mut w, enable("pg2")), Ok("pg2 enabled".into()));
+    assert_eq!(ask(&mut w, enable("pg2")), Ok("pg2 was not drained".into()));
+    assert!(w.ctl.drained().is_empty());
+}

@@ -16,6 +16,13 @@ type Setter = fn(&mut Config, &str) -> Result<(), String>;
 pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     ("listen", |c, v| from_str(&mut c.listen, v)),
     ("admin.listen", |c, v| from_str(&mut c.admin.listen, v)),
+    ("admin.token", |c, v| {
+        c.admin.token = Some(Secret::new(v));
+        Ok(())
+    }),
+    ("admin.open_reads", |c, v| {
+        parse_bool(v).map(|b| c.admin.open_reads = b)
+    }),
     ("nodes", |c, v| parse_nodes(v).map(|n| c.nodes = n)),
     ("users", |c, v| parse_users(v).map(|u| c.users = u)),
     ("control.user", |c, v| {
@@ -278,6 +285,8 @@ mod tests {
         for var in [
             "PGRELAY_LISTEN",
             "PGRELAY_ADMIN_LISTEN",
+            "PGRELAY_ADMIN_TOKEN",
+            "PGRELAY_ADMIN_OPEN_READS",
             "PGRELAY_NODES",
             "PGRELAY_USERS",
             "PGRELAY_CONTROL_USER",
@@ -313,7 +322,7 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 36);
     }
 
     #[test]

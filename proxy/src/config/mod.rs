@@ -47,6 +47,9 @@ pub struct Config {
     pub health: HealthConfig,
     pub routing: RoutingConfig,
     pub failover: FailoverConfig,
+    /// The file this came from, if any: what `POST /reload` and SIGHUP read again.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             routing: RoutingConfig::default(),
             failover: FailoverConfig::default(),
+            source: None,
         }
     }
 }
@@ -71,12 +75,21 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token the actions need (and the reads, unless `open_reads`). Without one
+    /// the API must listen on loopback and takes actions only from loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Reads (`/topology`, `/metrics`, `/sessions`) without the token, for a scraper
+    /// that has none. `/health` and `/ready` are always open.
+    pub open_reads: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+            open_reads: false,
         }
     }
 }
@@ -333,6 +346,7 @@ impl Config {
             let dir = dir.unwrap_or_else(|| Path::new("."));
             config.failover.state_file = Some(dir.join(STATE_FILE));
         }
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 

@@ -192,6 +192,8 @@ fn bad_configs() {
         (format!("{n}users:\n  - {{name: a, password: x}}\n  - {{name: a, password: y}}\n"), "line 4: users[1].name: duplicate user"),
         (format!("{n}{u}listen: 127.0.0.1:1\nadmin:\n  listen: 127.0.0.1:1\n"), "line 5: admin.listen: same address as listen"),
         (format!("{n}{u}admin:\n  listen: 127.0.0.1:6432\n"), "line 4: admin.listen: same address"),
+        (format!("{n}{u}admin:\n  listen: 0.0.0.0:9090\n"), "line 4: admin.listen: 0.0.0.0:9090 is not a loopback address and admin.token is not set"),
+        (format!("{n}{u}admin:\n  listen: 0.0.0.0:9090\n  token: ''\n"), "admin.token is not set"),
         (format!("{n}{u}pool:\n  size: 0\n"), "line 4: pool.size: must be at least 1"),
         // A defaulted key that fails is located at its nearest written parent.
         (format!("{n}{u}pool:\n  idle_timeout: 0s\n"), "line 4: pool.idle_timeout: must be greater than 0"),
@@ -270,4 +272,16 @@ fn example_parses_and_documents_every_key() {
         Config::example().contains("# auth: md5"),
         "per-user auth not documented"
     );
+}
+
+#[test]
+fn an_admin_token_opens_other_addresses_and_never_prints() {
+    let yaml = "nodes: [{name: pg0, host: h}]\nusers: [{name: app, password: secret}]\nadmin:\n  listen: 0.0.0.0:9090\n  token: t0ps3cret\n  open_reads: true\n";
+    let c = Config::parse_named(yaml, "config.yaml", no_env).expect("valid");
+    assert_eq!(
+        c.admin.token.as_ref().map(|t| t.expose()),
+        Some("t0ps3cret")
+    );
+    assert!(c.admin.open_reads);
+    assert!(!format!("{c:?}").contains("t0ps3cret"));
 }

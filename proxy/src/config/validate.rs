@@ -38,6 +38,20 @@ pub(crate) fn validate(c: &Config) -> Result<(), Violation> {
             format!("same address as listen ({})", c.listen),
         ));
     }
+    let token = c
+        .admin
+        .token
+        .as_ref()
+        .is_some_and(|t| !t.expose().is_empty());
+    if !token && !c.admin.listen.ip().is_loopback() {
+        return Err(violation(
+            "admin.listen",
+            format!(
+                "{} is not a loopback address and admin.token is not set: set a token (or PGRELAY_ADMIN_TOKEN), or listen on 127.0.0.1",
+                c.admin.listen
+            ),
+        ));
+    }
     if c.nodes.is_empty() {
         return Err(violation("nodes", "at least one node is required"));
     }

@@ -4,6 +4,7 @@
 pub mod consistency;
 pub mod engine;
 pub mod expect;
+pub mod registry;
 pub mod route;
 pub mod settings;
 pub mod startup;
@@ -32,10 +33,22 @@ pub struct UserAuth {
     pub consistency: Option<router::Consistency>,
 }
 
+/// What `POST /reload` (or SIGHUP) can change under running sessions: swapped whole,
+/// so a session never sees half of one config and half of another.
+pub struct Live {
+    pub users: HashMap<String, UserAuth>,
+    pub replica_reads: bool,
+    /// The level of sessions whose user and client choose none.
+    pub consistency: router::Consistency,
+    pub ryw_timeout: Duration,
+    /// How long a unit that needs the primary waits for one (`failover.write_wait`).
+    pub write_wait: Duration,
+}
+
 /// State shared by every session of the process.
 pub struct Shared {
     pub nodes: Vec<NodeInfo>,
-    pub users: HashMap<String, UserAuth>,
+    pub live: arc_swap::ArcSwap<Live>,
     pub topology: SharedTopology,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
@@ -44,28 +57,30 @@ pub struct Shared {
     pub backend_max_message: usize,
     pub startup_timeout: Duration,
     pub cancel_timeout: Duration,
-    pub replica_reads: bool,
     pub pinned_sessions: AtomicI64,
     /// Sessions ever pinned, for operators hunting what defeats pooling.
     pub pins_total: AtomicU64,
     /// Prepared statements kept per backend before the least recently used are closed.
     pub prepared_limit: usize,
     pub read_only_retries: AtomicU64,
-    /// The level of sessions whose user and client choose none.
-    pub consistency: router::Consistency,
-    pub ryw_timeout: Duration,
-    /// How long a unit that needs the primary waits for one (`failover.write_wait`).
-    pub write_wait: Duration,
     pub ryw: consistency::RywStats,
     /// Per node, the highest replay position any session saw there (raw LSN). Reset
     /// when the node goes down, since a restarted replica may show less.
     pub observed_replay: Vec<AtomicU64>,
     /// Client sessions logged in now.
     pub sessions: AtomicI64,
+    /// Who they are, for `/sessions`.
+    pub registry: Arc<registry::Registry>,
+    /// Statements routed and unit latency, per node.
+    pub stats: crate::stats::Stats,
 }
 
 /// Serve one client connection from its first byte to its last.
-pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, ctx: Arc<Shared>) {
+pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
+    peer: Option<std::net::SocketAddr>,
+    ctx: Arc<Shared>,
+) {
     let login =
         tokio::time::timeout(ctx.startup_timeout, startup::handshake(&mut client, &ctx)).await;
     let outcome = match login {
@@ -94,7 +109,21 @@ pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, ctx:
         let shared = ctx.clone();
         let _live = Live(&shared.sessions);
         let user = id.user.clone();
-        if let Err(e) = engine::Engine::new(client, ctx, id, reg, rest).run().await {
+        let listed = ctx.registry.add(registry::NewSession {
+            user: id.user.clone(),
+            database: id.database.clone(),
+            application_name: id
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone()),
+            client_addr: peer,
+            level: router::Consistency::default(),
+        });
+        if let Err(e) = engine::Engine::new(client, ctx, id, reg, rest, listed)
+            .run()
+            .await
+        {
             tracing::info!(%user, error = %e, "session ended with an error");
         }
     }

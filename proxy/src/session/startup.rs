@@ -59,7 +59,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .await?;
     }
     let id = identity(&startup)?;
-    let Some(user) = ctx.users.get(&id.user) else {
+    let live = ctx.live.load_full();
+    let Some(user) = live.users.get(&id.user) else {
         return Err(ClientError::AuthFailed(id.user));
     };
     match user.method {

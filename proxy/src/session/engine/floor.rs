@@ -344,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) async fn wait_for_floor(&mut self, floor: Lsn) {
         let deadline = *self
             .ryw_deadline
-            .get_or_insert_with(|| Instant::now() + self.ctx.ryw_timeout);
+            .get_or_insert_with(|| Instant::now() + self.ctx.live.load().ryw_timeout);
         let mut step = Duration::from_millis(1);
         let mut caught_up = false;
         while Instant::now() + step <= deadline {

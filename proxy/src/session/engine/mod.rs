@@ -12,6 +12,7 @@ mod send;
 
 use super::expect::Hidden;
 use super::expect::{Expect, Expectations};
+use super::registry::{Activity, Listed};
 use super::route::{ends_unit, is_boundary, is_session_message, unit_class, Release};
 use super::settings::{self, Settings};
 use super::statements::{backend_name, Statement, Statements};
@@ -19,6 +20,7 @@ use super::Shared;
 use crate::cancel::Registration;
 use crate::errors::ClientError;
 use crate::pool::{Lease, Pool, PoolKey};
+use crate::stats::Reason;
 use bytes::BytesMut;
 use protocol::backend::TxStatus;
 use protocol::{Frame, ObjectKind};
@@ -130,7 +132,23 @@ pub struct Engine<S> {
     /// Named statements of `pgrelay.*` settings the client prepared (never on a backend).
     commands: CommandStatements,
     closing: bool,
+    /// The session's entry in `/sessions`, and what it shows now.
+    listed: Listed,
+    shown: Option<Shown>,
+    /// Why the current lease went to its node (for `pgrelay_statements_total`).
+    lease_reason: Reason,
+    /// The next lease re-runs a read a replica refused (25006).
+    retry_reason: Option<Reason>,
+    /// When each unit awaiting its ReadyForQuery was sent (for latency).
+    unit_sent: VecDeque<std::time::Instant>,
 }
+
+type Shown = (
+    Activity,
+    Option<NodeId>,
+    Option<PinReason>,
+    router::Consistency,
+);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub fn new(
@@ -139,13 +157,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         id: ClientIdentity,
         cancel: Registration,
         rest: BytesMut,
+        listed: Listed,
     ) -> Self {
         let nodes = ctx.nodes.len();
-        let default_level = ctx
+        let live = ctx.live.load();
+        let default_level = live
             .users
             .get(&id.user)
             .and_then(|u| u.consistency)
-            .unwrap_or(ctx.consistency);
+            .unwrap_or(live.consistency);
         let level = id.consistency.unwrap_or(default_level);
         Engine {
             client,
@@ -194,6 +214,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             ryw_deadline: None,
             commands: Default::default(),
             closing: false,
+            listed,
+            shown: None,
+            lease_reason: Reason::Write,
+            retry_reason: None,
+            unit_sent: VecDeque::new(),
         }
     }
 
@@ -213,6 +238,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         loop {
             self.process_client().await?;
             self.flush_backend().await;
+            // Before the client hears its answers, so it never sees itself listed stale.
+            self.show();
             self.flush_client().await?;
             if self.closing {
                 return Ok(());
@@ -477,6 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         retryable: bool,
     ) -> Result<Option<router::Lsn>, ClientError> {
         let started = tokio::time::Instant::now();
+        let write_wait = self.ctx.live.load().write_wait;
         let mut pause = std::time::Duration::from_millis(2);
         loop {
             let err = match self.lease_once(class, retryable).await {
@@ -484,7 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 other => return other,
             };
             let waited = started.elapsed();
-            if waited >= self.ctx.write_wait {
+            if waited >= write_wait {
                 let held = self.ctx.topology.load().writes_held.clone();
                 return Err(match (held, err) {
                     (Some(reason), _) => ClientError::WritesHeld { reason, waited },
@@ -497,7 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             // Topology snapshots carry no wake-up; a short poll, bounded by write_wait,
             // costs nothing next to a failover.
-            tokio::time::sleep(pause.min(self.ctx.write_wait - waited)).await;
+            tokio::time::sleep(pause.min(write_wait - waited)).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(20));
         }
     }
@@ -507,7 +535,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         class: Class,
         retryable: bool,
     ) -> Result<Option<router::Lsn>, ClientError> {
-        let class = if class == Class::Read && !self.ctx.replica_reads {
+        let read = class == Class::Read;
+        let class = if read && !self.ctx.live.load().replica_reads {
             Class::Write
         } else {
             class
@@ -533,13 +562,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             } else {
                 (router::choose(&topo, class, spread, load)?, true)
             };
-            (route, topo.primary().map(|p| p.id), known_fresh)
+            let eligible = topo.nodes.iter().any(|n| n.readable_replica());
+            (route, topo.primary().map(|p| p.id), known_fresh && eligible)
+        };
+        // (`known_fresh` now also says whether any replica could take reads.)
+        let mut reason = match route {
+            Route::Replica(_) => Reason::Read,
+            Route::Primary(_) if !read => Reason::Write,
+            Route::Primary(_) if known_fresh || !self.level.tracks_floor() => Reason::NoReplica,
+            Route::Primary(_) => Reason::RywFallback,
         };
         let result = self.acquire(route.node()).await;
         let (route, lease) = match (result, route) {
             (Ok(lease), r) => (r, lease),
             (Err(e), Route::Replica(node)) => {
                 tracing::warn!(node = %self.ctx.nodes[node.0].name, error = %e, "replica unavailable; reading from the primary");
+                reason = Reason::ReplicaUnavailable;
                 let primary = primary.ok_or(ClientError::NoPrimary)?;
                 (Route::Primary(primary), self.acquire(primary).await?)
             }
@@ -552,6 +590,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     floor::Vet::Go => (route, lease, None),
                     floor::Vet::Check(floor) => (route, lease, Some(floor)),
                     floor::Vet::Primary => {
+                        reason = Reason::RywFallback;
                         lease.release();
                         let primary = primary.ok_or(ClientError::NoPrimary)?;
                         (Route::Primary(primary), self.acquire(primary).await?, None)
@@ -560,6 +599,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             Route::Primary(_) => (route, lease, None),
         };
+        self.lease_reason = self.retry_reason.take().unwrap_or(reason);
         let conn = lease.conn_ref();
         self.cancel.slot.set(lease.pool().addr(), &conn.cancel);
         self.lease = Some(lease);
@@ -607,6 +647,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 .out
                 .extend_from_slice(&protocol::backend::ready_for_query(self.tx)),
             _ => self.client_skip = true,
+        }
+    }
+
+    /// Updates the session's `/sessions` entry when something shown changed.
+    fn show(&mut self) {
+        let activity = if self.exp.client_waiting() || !self.queued.is_empty() {
+            Activity::Active
+        } else {
+            match self.tx {
+                TxStatus::Idle => Activity::Idle,
+                TxStatus::InTransaction => Activity::IdleInTransaction,
+                TxStatus::Failed => Activity::FailedTransaction,
+            }
+        };
+        let now = (
+            activity,
+            self.lease.as_ref().map(Lease::node),
+            self.pinned,
+            self.level,
+        );
+        if self.shown == Some(now) {
+            return;
+        }
+        let before = self.shown.replace(now);
+        let b = before.as_ref();
+        if b.map(|b| b.0) != Some(now.0) {
+            self.listed.set_activity(now.0);
+        }
+        if b.map(|b| b.1) != Some(now.1) {
+            self.listed.set_node(now.1);
+        }
+        if b.map(|b| b.2) != Some(now.2) {
+            self.listed.set_pinned(now.2);
+        }
+        if b.map(|b| b.3) != Some(now.3) {
+            self.listed.set_level(now.3);
         }
     }
 

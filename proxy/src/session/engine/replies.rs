@@ -101,6 +101,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 break;
             }
             if o.ready {
+                if o.forward {
+                    if let Some(sent) = self.unit_sent.pop_front() {
+                        self.ctx.stats.latency(lease.node(), sent.elapsed());
+                    }
+                }
                 self.tx =
                     protocol::backend::ready_for_query_status(&frame).unwrap_or(TxStatus::Idle);
                 if !self.exp.client_waiting() {
@@ -133,7 +138,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     // Behind the floor: wait for this replica a little, then re-route.
                     Some(floor) => self.wait_for_floor(floor).await,
                     // Refused as a write (25006): the primary it is.
-                    None => self.force_primary = true,
+                    None => {
+                        self.force_primary = true;
+                        self.retry_reason = Some(crate::stats::Reason::ReadOnlyRetry);
+                    }
                 }
                 self.release();
                 for f in frames.into_iter().rev() {
@@ -176,6 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.capturing = false;
         self.learning_write = false;
         self.cancel.slot.clear();
+        self.unit_sent.clear();
     }
 
     /// The backend went away mid-session. The client keeps its session and hears about
@@ -193,6 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let owed = self.exp.pending_ready();
         let waiting = self.exp.client_waiting();
         self.exp.clear();
+        self.unit_sent.clear();
         self.lease = None; // dropped, not returned: its state is unknown
         self.route = None;
         self.capturing = false;
@@ -208,6 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.queued.push_front(f);
             }
             self.force_primary = true;
+            self.retry_reason = Some(crate::stats::Reason::ReadOnlyRetry);
             return;
         }
         let in_tx = self.tx != TxStatus::Idle;

@@ -15,6 +15,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let Some(lease) = self.lease.as_mut() else {
             return Err(ClientError::NoNode);
         };
+        if matches!(tag, b'Q' | b'E' | b'F') {
+            self.ctx.stats.routed(lease.node(), self.lease_reason);
+        }
+        if matches!(tag, b'Q' | b'S' | b'F') {
+            self.unit_sent.push_back(std::time::Instant::now());
+        }
         let conn = lease.conn();
         let mut due = Vec::new();
         let mut pin = None;
