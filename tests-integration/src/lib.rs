@@ -3,6 +3,7 @@
 //! TCP relay that can partition a node away ([`relay::Relay`]).
 
 pub mod http;
+pub mod pgbench;
 pub mod raw;
 pub mod relay;
 

@@ -1,0 +1,97 @@
+//! pgbench runs for the benchmarks: run it against a loopback port, parse its figures,
+//! print them. Benchmarks print figures; they assert only that nothing failed.
+
+use crate::pg_program;
+use std::process::Command;
+
+/// A benchmark knob from the environment, or its default.
+pub fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Run pgbench against 127.0.0.1:`port` as the app user; its output, or a panic.
+pub fn pgbench(port: u16, args: &[String]) -> String {
+    let out = Command::new(pg_program("pgbench"))
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", cluster::APP_USER, cluster::APP_DB])
+        .env("PGPASSWORD", cluster::APP_PASSWORD)
+        .output()
+        .expect("pgbench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+/// One pgbench run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub tps: f64,
+    pub latency_ms: f64,
+    pub transactions: u64,
+    pub failed: u64,
+}
+
+impl Figures {
+    pub fn parse(out: &str) -> Figures {
+        let number = |prefix: &str| -> f64 {
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{out}"))
+        };
+        Figures {
+            tps: number("tps = "),
+            latency_ms: number("latency average = "),
+            transactions: number("number of transactions actually processed: ") as u64,
+            failed: out
+                .lines()
+                .find_map(|l| l.strip_prefix("number of failed transactions: "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn mean(runs: &[Figures]) -> Figures {
+        let n = runs.len().max(1) as f64;
+        Figures {
+            tps: runs.iter().map(|f| f.tps).sum::<f64>() / n,
+            latency_ms: runs.iter().map(|f| f.latency_ms).sum::<f64>() / n,
+            transactions: runs.iter().map(|f| f.transactions).sum(),
+            failed: runs.iter().map(|f| f.failed).sum(),
+        }
+    }
+}
+
+pub fn report(label: &str, f: &Figures) {
+    println!(
+        "  {label:<26} {:>9.1} tps  {:>7.3} ms average latency  ({} transactions, {} failed)",
+        f.tps, f.latency_ms, f.transactions, f.failed
+    );
+}
+
+pub async fn bench(port: u16, label: &str, args: &[String]) -> Figures {
+    let args = args.to_vec();
+    let out = tokio::task::spawn_blocking(move || pgbench(port, &args))
+        .await
+        .expect("pgbench task");
+    let f = Figures::parse(&out);
+    report(label, &f);
+    assert_eq!(f.failed, 0, "{label}: failed transactions:\n{out}");
+    f
+}
+
+/// The 1-minute load average: the machine is shared, and figures taken while something
+/// else runs say little.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
