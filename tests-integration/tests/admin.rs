@@ -279,6 +279,10 @@ async fn actions_over_http_need_the_token_and_move_the_primary() {
         .as_str()
         .is_some_and(|s| s.ends_with('Z')));
     eprintln!("switchover over HTTP answered in {took:?}: {}", a.body);
+    let again = act("/switchover", to_pg1, Some(TOKEN)).await;
+    assert_eq!(again.status, 200, "idempotent: {}", again.body);
+    assert!(again.body.contains("already"), "{}", again.body);
+    assert_eq!(topology(&env, Some(TOKEN)).await["epoch"], 2);
     let c = env.connect().await;
     c.batch_execute("CREATE TABLE after_switchover (x int)")
         .await

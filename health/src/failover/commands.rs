@@ -37,7 +37,7 @@ impl Controller {
             }
             Command::Drain { node } => self.drain(&node),
             Command::Enable { node } => self.enable(&node),
-            Command::Switchover { to } => self.switchover(at, id, &to, acts).map(|()| None),
+            Command::Switchover { to } => self.switchover(at, id, &to, acts),
             Command::Failover { to, force } => self.manual_failover(at, id, to, force, acts),
         };
         match result {
@@ -100,18 +100,24 @@ impl Controller {
         id: u64,
         to: &str,
         acts: &mut Vec<Action>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<String>, Refusal> {
         self.busy()?;
         let target = self.node_named(to)?;
+        if self.primary == Some(target) {
+            // Idempotent: a retried request finds its work done (even before the new
+            // primary's heartbeat says so).
+            return Ok(Some(format!(
+                "{to} is the primary already (epoch {})",
+                self.epoch.0
+            )));
+        }
         let from = self
             .primary
             .filter(|p| self.views[p.0].alive_as(Role::Primary).is_some())
             .ok_or_else(|| {
                 Refusal::Busy("no live primary to switch over from; ask for a failover".into())
             })?;
-        if from == target {
-            return Err(Refusal::NotEligible(to.into(), "it is the primary".into()));
-        }
+
         if self.drained[target.0] {
             return Err(Refusal::NotEligible(to.into(), "it is drained".into()));
         }
@@ -151,7 +157,7 @@ impl Controller {
             node: from,
             timeout: self.settings.drain_timeout,
         });
-        Ok(())
+        Ok(None)
     }
 
     fn manual_failover(
