@@ -88,10 +88,9 @@ pub async fn run(
         handle.addr,
         cluster::APP_DB
     );
-    println!(
-        "admin API: http://{}/health  http://{}/topology",
-        handle.admin_addr, handle.admin_addr
-    );
+    let a = handle.admin_addr;
+    println!("admin API (docs/admin-api.md): http://{a}/topology  http://{a}/metrics  http://{a}/sessions");
+    println!("  e.g. curl -s -X POST -H 'Content-Type: application/json' -d '{{\"to\": \"pg1\"}}' http://{a}/switchover");
     println!("Ctrl-C stops pgrelay and removes the cluster.");
     stop.await;
     println!("stopping...");
