@@ -173,11 +173,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             id,
             cancel,
             cbuf: rest,
-            out: BytesMut::with_capacity(8192),
+            // Buffers grow on first use: an idle session costs little memory.
+            out: BytesMut::new(),
             pools: vec![None; nodes],
             lease: None,
             route: None,
-            wbuf: BytesMut::with_capacity(8192),
+            wbuf: BytesMut::new(),
             exp: Expectations::default(),
             stmts: Statements::default(),
             queued: VecDeque::new(),
@@ -266,6 +267,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 
     /// Frame and handle every whole client message in the buffer.
     async fn process_client(&mut self) -> Result<(), ClientError> {
+        if self.cbuf.is_empty() && self.cbuf.capacity() > KEEP_CAPACITY {
+            self.cbuf = BytesMut::new();
+        }
         while self.queued_bytes < QUEUE_CAP {
             let Some(frame) = protocol::parse_frame(&mut self.cbuf, self.ctx.max_message)? else {
                 break;
@@ -792,7 +796,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             return;
         };
         let res = lease.conn().stream.write_all(&self.wbuf).await;
-        self.wbuf.clear();
+        shrink(&mut self.wbuf);
         if res.is_err() {
             self.backend_lost();
         }
@@ -805,7 +809,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         if self.client.write_all(&self.out).await.is_err() {
             self.closing = true;
         }
-        self.out.clear();
+        shrink(&mut self.out);
         Ok(())
     }
 
@@ -818,6 +822,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
         }
         self.unpin();
+    }
+}
+
+/// Buffers keep their capacity between messages (no allocation per message), but not
+/// past this: a session that once moved a big result must not keep the memory idle.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Empties a buffer that has been written out, giving back an oversized allocation.
+fn shrink(buf: &mut BytesMut) {
+    if buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
     }
 }
 
