@@ -110,6 +110,10 @@ pub struct BackendConn {
     pub replay_seen: router::Lsn,
     /// pgrelay's own WAL-position statements are prepared here (write, replay).
     pub own_prepared: [bool; 2],
+    /// The transaction status of the last ReadyForQuery the server sent, whoever's
+    /// message it answered (the client's, pgrelay's own, or one whose answers were
+    /// swallowed). Only an idle connection goes back to the pool.
+    pub tx: protocol::backend::TxStatus,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -195,6 +199,7 @@ impl BackendConn {
             unnamed: None,
             replay_seen: router::Lsn(0),
             own_prepared: [false; 2],
+            tx: protocol::backend::TxStatus::Idle,
             created: now,
             last_used: now,
         })

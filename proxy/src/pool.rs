@@ -225,9 +225,13 @@ impl Lease {
     }
 
     /// Return a clean connection (at ReadyForQuery, idle, nothing buffered) to the pool.
+    /// Any other is closed: one left inside a transaction would run the next session's
+    /// statements in it, and that session would keep it as if the transaction were its.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            if conn.rbuf.is_empty() {
+            if conn.tx != protocol::backend::TxStatus::Idle {
+                tracing::warn!(node = %self.pool.node_name, status = ?conn.tx, "backend released inside a transaction; closing it");
+            } else if conn.rbuf.is_empty() {
                 self.pool.push_idle(conn);
             }
         }

@@ -718,3 +718,52 @@ async fn last_write_lsn_lies_past_each_committed_write() {
     );
     assert!(shown.windows(2).all(|w| w[0].2 < w[1].2) && last <= after_read);
 }
+
+/// A read-only transaction begun on a replica that turns out to be behind the session's
+/// floor runs again on the primary, unseen. Its BEGIN did run on the replica, though: the
+/// replica's connection must not go back to the pool inside that transaction. (Whoever
+/// gets it next would run every statement in it, and its session would keep the
+/// connection while idle, as if in a transaction of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_rerun_on_the_primary_leaves_no_transaction_on_the_replica() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // One connection to the only replica, which replays [`DELAY`] late.
+    let env = start_with(delayed(1), |c| c.pool.size = 1).await;
+    setup(&env, "CREATE TABLE t (id int)").await;
+    let (c, direct) = (env.connect().await, env.connect_direct(1).await);
+    let retries = || env.proxy.shared.ryw.stale_retries.load(Relaxed);
+    let before = retries();
+    exec(&c, "INSERT INTO t VALUES (1)").await;
+    // Checked on the replica, found behind the write, run again on the primary.
+    exec(&c, "BEGIN READ ONLY").await;
+    assert_eq!(
+        value(&c, "SELECT count(*) FROM t").await.as_deref(),
+        Some("1")
+    );
+    exec(&c, "COMMIT").await;
+    assert!(
+        retries() > before,
+        "the BEGIN was not re-run: {}",
+        ryw_stats(&env)
+    );
+    // A session reading from the replica is not in anyone's transaction.
+    let other = env.connect().await;
+    exec(&other, "SET pgrelay.consistency = eventual").await;
+    let fresh = value(&other, "SELECT now() = statement_timestamp()").await;
+    assert_eq!(
+        fresh.as_deref(),
+        Some("t"),
+        "a read ran in a leftover transaction"
+    );
+    let open = value(
+        &direct,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(
+        open.as_deref(),
+        Some("0"),
+        "transactions left open on the replica"
+    );
+}

@@ -18,6 +18,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 break;
             };
             let tag = frame.tag();
+            if tag == b'Z' {
+                // Whatever it answered, even a unit being swallowed: the backend's state.
+                let conn = lease.conn();
+                conn.tx = protocol::backend::ready_for_query_status(&frame).unwrap_or(conn.tx);
+            }
             let o = self.exp.on_backend(tag);
             if o.captured_row || o.hidden_error || o.hidden_done.is_some() {
                 let conn = lease.conn();
@@ -134,6 +139,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             && self.tx == TxStatus::Idle
         {
             if let Some(frames) = self.retrying.take() {
+                // The unit ran here all the same; a transaction it opened (a BEGIN READ
+                // ONLY checked on a replica behind the floor) is not the session's.
+                self.end_swallowed_transaction().await;
                 match self.stale.take() {
                     // Behind the floor: wait for this replica a little, then re-route.
                     Some(floor) => self.wait_for_floor(floor).await,
@@ -172,6 +180,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.dispatch().await?;
         }
         Ok(())
+    }
+
+    /// The unit whose answers were swallowed left this backend inside a transaction:
+    /// roll it back before the backend serves anyone, or close the backend.
+    async fn end_swallowed_transaction(&mut self) {
+        let Some(conn) = self.lease.as_mut().map(|l| l.conn()) else {
+            return;
+        };
+        if conn.tx != TxStatus::Idle && !rollback(conn).await {
+            conn.discard = true;
+        }
     }
 
     pub(super) fn release(&mut self) {
@@ -274,6 +293,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
         }
         self.client_skip = true;
+    }
+}
+
+/// Roll back an idle backend's transaction, outside the expectation queue (nothing else
+/// is in flight on it). True when it is idle again.
+async fn rollback(conn: &mut crate::backend::BackendConn) -> bool {
+    let Ok(query) = protocol::frontend::build_query("ROLLBACK") else {
+        return false;
+    };
+    if conn.stream.write_all(&query).await.is_err() {
+        return false;
+    }
+    loop {
+        loop {
+            match protocol::parse_frame(&mut conn.rbuf, 1 << 16) {
+                Ok(Some(frame)) if frame.tag() == b'Z' => {
+                    let status = protocol::backend::ready_for_query_status(&frame);
+                    conn.tx = status.unwrap_or(TxStatus::Failed);
+                    return conn.tx == TxStatus::Idle;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        if !matches!(conn.stream.read_buf(&mut conn.rbuf).await, Ok(n) if n > 0) {
+            return false;
+        }
     }
 }
 
