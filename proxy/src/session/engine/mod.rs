@@ -338,9 +338,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     .take(n)
                     .any(|f| is_ours(f, &self.commands))
             {
-                if self.exp.client_waiting() || self.capturing || self.learning_write {
+                if self.exp.client_waiting()
+                    || self.retrying.is_some()
+                    || self.capturing
+                    || self.learning_write
+                {
                     // Answered in order, once what is ahead is answered and the floor
-                    // it moved is known.
+                    // it moved is known. A unit being retried is ahead too: the answers
+                    // to it swallowed so far are not the client's, its own are to come.
                     return Ok(());
                 }
                 if let Some(cmd) = self.intercepted(n) {
