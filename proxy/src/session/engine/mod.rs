@@ -9,6 +9,8 @@
 mod floor;
 mod replies;
 mod send;
+#[cfg(test)]
+mod tests;
 
 use super::expect::Hidden;
 use super::expect::{Expect, Expectations};
