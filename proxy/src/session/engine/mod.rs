@@ -458,6 +458,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if self.tx == TxStatus::Idle && unit_class(&pending, &self.stmts) == Class::Read {
                 return Ok(false);
             }
+            if self.tx == TxStatus::Idle && !self.streaming {
+                // A new unit on a backend kept from the last one: as on a fresh lease,
+                // keep its statements within the limit first.
+                self.evict_statements()?;
+            }
             for _ in 0..n {
                 if let Some(f) = self.pop_queued() {
                     self.send(f)?;
