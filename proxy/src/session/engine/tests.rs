@@ -111,7 +111,14 @@ async fn session(primary: Script, replica: Script) -> tokio::io::DuplexStream {
                 addr: addrs[i].clone(),
             })
             .collect(),
-        users: Default::default(),
+        live: arc_swap::ArcSwap::from_pointee(crate::session::Live {
+            users: Default::default(),
+            replica_reads: true,
+            consistency: router::Consistency::Session,
+            // The replica never catches up: a stale read soon goes to the primary.
+            ryw_timeout: Duration::from_millis(20),
+            write_wait: Duration::from_secs(5),
+        }),
         topology: health::shared(topology),
         pools: Pools::new(settings, Duration::from_secs(5), 1 << 24, 2),
         cancels: cancels.clone(),
@@ -120,18 +127,15 @@ async fn session(primary: Script, replica: Script) -> tokio::io::DuplexStream {
         backend_max_message: 1 << 24,
         startup_timeout: Duration::from_secs(5),
         cancel_timeout: Duration::from_secs(5),
-        replica_reads: true,
         pinned_sessions: Default::default(),
         pins_total: Default::default(),
         prepared_limit: 100,
         read_only_retries: Default::default(),
-        consistency: router::Consistency::Session,
-        // The replica never catches up: a stale read soon goes to the primary.
-        ryw_timeout: Duration::from_millis(20),
-        write_wait: Duration::from_secs(5),
         ryw: Default::default(),
         observed_replay: (0..2).map(|_| AtomicU64::new(0)).collect(),
         sessions: Default::default(),
+        registry: Default::default(),
+        stats: crate::stats::Stats::new(2),
     });
     let id = ClientIdentity {
         user: "app".into(),
@@ -141,7 +145,14 @@ async fn session(primary: Script, replica: Script) -> tokio::io::DuplexStream {
         consistency: None,
     };
     let (client, server) = tokio::io::duplex(1 << 16);
-    let engine = Engine::new(server, ctx, id, cancels.register(), BytesMut::new());
+    let listed = ctx.registry.add(crate::session::registry::NewSession {
+        user: id.user.clone(),
+        database: id.database.clone(),
+        application_name: None,
+        client_addr: None,
+        level: router::Consistency::Session,
+    });
+    let engine = Engine::new(server, ctx, id, cancels.register(), BytesMut::new(), listed);
     tokio::spawn(engine.run());
     client
 }
