@@ -1,0 +1,362 @@
+//! The results: cells (workload x target), ratios to direct PostgreSQL, and their
+//! renderings as a terminal table, Markdown and CSV.
+
+use crate::pgbench::{Figures, Outcome};
+use std::fmt::Write as _;
+
+/// One pgbench workload of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// pgbench builtin: `select-only` or `tpcb-like`.
+    pub script: &'static str,
+    /// `-M`: `simple` or `prepared`.
+    pub mode: &'static str,
+    pub clients: u32,
+}
+
+impl Workload {
+    pub fn label(&self) -> String {
+        format!("{} {}", self.script, self.mode)
+    }
+
+    /// pgbench arguments, without duration and logging.
+    pub fn args(&self) -> Vec<String> {
+        let threads = self.clients.min(2);
+        [
+            "-b",
+            self.script,
+            "-M",
+            self.mode,
+            "-c",
+            &self.clients.to_string(),
+            "-j",
+            &threads.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    PgrelayPrimary,
+    PgrelayCluster,
+    Pgbouncer,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::PgrelayPrimary,
+        Target::PgrelayCluster,
+        Target::Pgbouncer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Direct => "direct PostgreSQL",
+            Target::PgrelayPrimary => "pgrelay, primary only",
+            Target::PgrelayCluster => "pgrelay, 1+2 routing",
+            Target::Pgbouncer => "PgBouncer transaction",
+        }
+    }
+
+    /// Stable name for the CSV (and the plot's legend order).
+    pub fn key(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::PgrelayPrimary => "pgrelay_primary",
+            Target::PgrelayCluster => "pgrelay_cluster",
+            Target::Pgbouncer => "pgbouncer",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub workload: Workload,
+    pub target: Target,
+    pub outcome: Outcome,
+    /// TPS over the reference direct TPS.
+    pub ratio: Option<f64>,
+    /// Set when the reference is not direct PostgreSQL at the same client count.
+    pub reference: Option<String>,
+}
+
+impl Cell {
+    pub fn figures(&self) -> Option<&Figures> {
+        match &self.outcome {
+            Outcome::Ok(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Fills in each cell's TPS ratio to direct PostgreSQL at the same workload; where
+/// direct could not run (more clients than max_connections), to direct at the same
+/// script and mode with the most clients it did run.
+pub fn compute_ratios(cells: &mut [Cell]) {
+    let direct: Vec<(Workload, f64)> = cells
+        .iter()
+        .filter(|c| c.target == Target::Direct)
+        .filter_map(|c| Some((c.workload, c.figures()?.tps)))
+        .collect();
+    for cell in cells.iter_mut() {
+        let Some(tps) = cell.figures().map(|f| f.tps) else {
+            continue;
+        };
+        let w = cell.workload;
+        if let Some((_, d)) = direct.iter().find(|(dw, _)| *dw == w) {
+            cell.ratio = Some(tps / d);
+        } else if let Some((dw, d)) = direct
+            .iter()
+            .filter(|(dw, _)| dw.script == w.script && dw.mode == w.mode)
+            .max_by_key(|(dw, _)| dw.clients)
+        {
+            cell.ratio = Some(tps / d);
+            let plural = if dw.clients == 1 { "" } else { "s" };
+            cell.reference = Some(format!("direct at {} client{plural}", dw.clients));
+        }
+    }
+}
+
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The row's cells as text: TPS, avg, p50, p99, ratio.
+fn columns(cell: &Cell) -> [String; 5] {
+    match &cell.outcome {
+        Outcome::Ok(f) => [
+            num(f.tps, 0),
+            num(f.avg_ms, 3),
+            num(f.p50_ms, 3),
+            num(f.p99_ms, 3),
+            match (cell.ratio, &cell.reference) {
+                (Some(r), None) => format!("{r:.2}"),
+                (Some(r), Some(_)) => format!("{r:.2} †"),
+                (None, _) => "-".into(),
+            },
+        ],
+        Outcome::Failed(_) => [
+            "failed".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ],
+        Outcome::Skipped(_) => [
+            "skipped".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ],
+    }
+}
+
+const HEAD: [&str; 8] = [
+    "workload",
+    "clients",
+    "target",
+    "TPS",
+    "avg ms",
+    "p50 ms",
+    "p99 ms",
+    "TPS / direct",
+];
+
+fn rows(cells: &[Cell]) -> Vec<[String; 8]> {
+    cells
+        .iter()
+        .map(|c| {
+            let [tps, avg, p50, p99, ratio] = columns(c);
+            [
+                c.workload.label(),
+                c.workload.clients.to_string(),
+                c.target.label().to_string(),
+                tps,
+                avg,
+                p50,
+                p99,
+                ratio,
+            ]
+        })
+        .collect()
+}
+
+/// A fixed-width table for the terminal, a blank line between workloads.
+pub fn text_table(cells: &[Cell]) -> String {
+    let rows = rows(cells);
+    let mut width = HEAD.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, v) in width.iter_mut().zip(r) {
+            *w = (*w).max(v.chars().count());
+        }
+    }
+    let line = |r: &[String; 8]| -> String {
+        let mut s = String::new();
+        for (i, (v, w)) in r.iter().zip(width).enumerate() {
+            let pad = w - v.chars().count();
+            if i < 3 {
+                let _ = write!(s, "{v}{}  ", " ".repeat(pad));
+            } else {
+                let _ = write!(s, "{}{v}  ", " ".repeat(pad));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&HEAD.map(String::from));
+    out += &"-".repeat(width.iter().sum::<usize>() + 2 * (width.len() - 1));
+    out.push('\n');
+    let mut prev = None;
+    for (cell, r) in cells.iter().zip(&rows) {
+        if prev.is_some_and(|p| p != cell.workload) {
+            out.push('\n');
+        }
+        prev = Some(cell.workload);
+        out += &line(r);
+    }
+    out
+}
+
+pub fn markdown_table(cells: &[Cell]) -> String {
+    let mut out = format!("| {} |\n", HEAD.join(" | "));
+    out += "|---|---:|---|---:|---:|---:|---:|---:|\n";
+    for r in rows(cells) {
+        out += &format!("| {} |\n", r.join(" | "));
+    }
+    out
+}
+
+/// Failure and skip reasons, and the † references, one bullet each.
+pub fn notes(cells: &[Cell]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for c in cells {
+        let what = format!(
+            "{}, {} clients, {}",
+            c.workload.label(),
+            c.workload.clients,
+            c.target.label()
+        );
+        match &c.outcome {
+            Outcome::Failed(why) => notes.push(format!("{what}: failed: {why}")),
+            Outcome::Skipped(why) => notes.push(format!("{what}: skipped: {why}")),
+            Outcome::Ok(_) => {}
+        }
+        if let Some(r) = &c.reference {
+            notes.push(format!(
+                "† {what}: ratio to {r} (no direct run at this client count)"
+            ));
+        }
+    }
+    notes
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn csv(cells: &[Cell]) -> String {
+    let mut out = String::from(
+        "script,mode,clients,target,target_label,status,tps,avg_latency_ms,p50_ms,p99_ms,tps_ratio_to_direct,ratio_reference,transactions,initial_connection_ms,note\n",
+    );
+    for c in cells {
+        let f = c.figures();
+        let v = |x: Option<f64>, d: usize| {
+            x.filter(|v| v.is_finite())
+                .map_or(String::new(), |v| format!("{v:.d$}"))
+        };
+        let (status, note) = match &c.outcome {
+            Outcome::Ok(_) => ("ok", String::new()),
+            Outcome::Failed(w) => ("failed", w.clone()),
+            Outcome::Skipped(w) => ("skipped", w.clone()),
+        };
+        let fields = [
+            c.workload.script.to_string(),
+            c.workload.mode.to_string(),
+            c.workload.clients.to_string(),
+            c.target.key().to_string(),
+            c.target.label().to_string(),
+            status.to_string(),
+            v(f.map(|f| f.tps), 1),
+            v(f.map(|f| f.avg_ms), 3),
+            v(f.map(|f| f.p50_ms), 3),
+            v(f.map(|f| f.p99_ms), 3),
+            v(c.ratio, 4),
+            c.reference.clone().unwrap_or_default(),
+            f.map_or(String::new(), |f| f.transactions.to_string()),
+            v(f.map(|f| f.connect_ms), 1),
+            note,
+        ];
+        let line: Vec<String> = fields.iter().map(|s| csv_field(s)).collect();
+        out += &line.join(",");
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(script: &'static str, clients: u32, target: Target, tps: Option<f64>) -> Cell {
+        Cell {
+            workload: Workload {
+                script,
+                mode: "simple",
+                clients,
+            },
+            target,
+            outcome: match tps {
+                Some(tps) => Outcome::Ok(Figures {
+                    tps,
+                    avg_ms: 1.0,
+                    p50_ms: 0.9,
+                    p99_ms: 2.0,
+                    transactions: 10,
+                    connect_ms: 5.0,
+                }),
+                None => Outcome::Failed("boom, \"quoted\"".into()),
+            },
+            ratio: None,
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn ratios_use_same_workload_or_the_largest_direct_run() {
+        let mut cells = vec![
+            cell("select-only", 16, Target::Direct, Some(1000.0)),
+            cell("select-only", 64, Target::Direct, Some(2000.0)),
+            cell("select-only", 16, Target::PgrelayPrimary, Some(500.0)),
+            cell("select-only", 1000, Target::PgrelayPrimary, Some(1000.0)),
+            cell("select-only", 16, Target::Pgbouncer, None),
+            cell("tpcb-like", 16, Target::PgrelayPrimary, Some(10.0)),
+        ];
+        compute_ratios(&mut cells);
+        assert_eq!(cells[0].ratio, Some(1.0));
+        assert_eq!(cells[2].ratio, Some(0.5));
+        assert_eq!(cells[3].ratio, Some(0.5));
+        assert_eq!(cells[3].reference.as_deref(), Some("direct at 64 clients"));
+        assert_eq!(cells[4].ratio, None);
+        assert_eq!(cells[5].ratio, None);
+        let table = text_table(&cells);
+        assert!(table.contains("0.50 †"), "{table}");
+        assert!(table.contains("failed"), "{table}");
+        let csv = csv(&cells);
+        assert_eq!(csv.lines().count(), 7);
+        assert!(csv.contains("\"boom, \"\"quoted\"\"\""), "{csv}");
+        assert_eq!(notes(&cells).len(), 2);
+        assert_eq!(markdown_table(&cells).lines().count(), 8);
+    }
+}
