@@ -125,9 +125,13 @@ impl Stats {
     }
 
     pub fn routed(&self, node: NodeId, reason: Reason) {
-        if let Some(n) = self.nodes.get(node.0) {
+        self.routed_n(node, reason, 1);
+    }
+
+    pub fn routed_n(&self, node: NodeId, reason: Reason, n: u64) {
+        if let Some(node) = self.nodes.get(node.0).filter(|_| n > 0) {
             let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-            n.routed[i].fetch_add(1, Ordering::Relaxed);
+            node.routed[i].fetch_add(n, Ordering::Relaxed);
         }
     }
 

@@ -57,6 +57,9 @@ struct Hold {
     mark: usize,
     /// Statements the unit's Parses added to the session: a re-run adds them again.
     registered: Vec<(Box<str>, u64)>,
+    /// Statements sent, counted in the metrics only once the unit is not re-run (so a
+    /// retried read counts once, with the reason it finally ran for).
+    statements: u64,
 }
 
 pub struct Engine<S> {
@@ -424,6 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     frames: unit.clone(),
                     mark: self.out.len(),
                     registered: Vec::new(),
+                    statements: 0,
                 });
             }
             if let Some(floor) = check {
@@ -663,6 +667,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 .out
                 .extend_from_slice(&protocol::backend::ready_for_query(self.tx)),
             _ => self.client_skip = true,
+        }
+    }
+
+    /// The held unit will not be re-run: count its statements where they ran.
+    fn settle_hold(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            if let Some(lease) = &self.lease {
+                self.ctx
+                    .stats
+                    .routed_n(lease.node(), self.lease_reason, hold.statements);
+            }
         }
     }
 

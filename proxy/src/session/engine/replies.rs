@@ -114,7 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.tx =
                     protocol::backend::ready_for_query_status(&frame).unwrap_or(TxStatus::Idle);
                 if !self.exp.client_waiting() {
-                    self.hold = None;
+                    self.settle_hold();
                 }
             }
         }
@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
         if let Some(hold) = &self.hold {
             if self.out.len() - hold.mark > HOLD_CAP {
-                self.hold = None; // too big to hold back; no retry for this one
+                self.settle_hold(); // too big to hold back; no retry for this one
             }
         }
         Ok(())
@@ -227,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.capturing = false;
         self.learning_write = false;
         self.cancel.slot.clear();
-        self.hold = None;
+        self.hold = None; // (its statements never completed: not counted)
         self.streaming = false;
         self.flushed = false;
         if let Some(frames) = self.retrying.take() {

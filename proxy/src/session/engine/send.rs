@@ -16,7 +16,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             return Err(ClientError::NoNode);
         };
         if matches!(tag, b'Q' | b'E' | b'F') {
-            self.ctx.stats.routed(lease.node(), self.lease_reason);
+            match self.hold.as_mut() {
+                Some(hold) => hold.statements += 1,
+                None => self.ctx.stats.routed(lease.node(), self.lease_reason),
+            }
         }
         if matches!(tag, b'Q' | b'S' | b'F') {
             self.unit_sent.push_back(std::time::Instant::now());
