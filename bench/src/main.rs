@@ -293,6 +293,7 @@ fn run() -> Result<()> {
                 outcome,
                 ratio: None,
                 reference: None,
+                load: sys::load(),
             });
         }
     }
@@ -343,7 +344,7 @@ fn run() -> Result<()> {
     };
     let added = added_latency(&cells);
     let memory_text = memory_lines(&memory, &peaks);
-    let md = markdown(&ctx, &cells, &added, &memory_text, &plot);
+    let md = markdown(&ctx, idle_sessions, &cells, &added, &memory_text, &plot);
     std::fs::write(out.join("results.md"), &md)?;
 
     println!();
@@ -510,14 +511,15 @@ fn make_plot(opts: &Opts, out: &Path) -> std::result::Result<PathBuf, String> {
         .output();
     match res {
         Ok(o) if o.status.success() && png.is_file() => Ok(png),
-        Ok(o) => Err(format!(
-            "plot.py failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err.lines().last().unwrap_or("").trim();
+            Err(format!(
+                "plot.py failed ({}){}{last}",
+                o.status,
+                if last.is_empty() { "" } else { ": " }
+            ))
+        }
         Err(e) => Err(format!("could not run {}: {e}", python.display())),
     }
 }
@@ -551,6 +553,7 @@ struct RunInfo {
 
 fn markdown(
     c: &RunInfo,
+    idle_sessions: usize,
     cells: &[Cell],
     added: &[String],
     memory: &[String],
@@ -569,7 +572,7 @@ fn markdown(
          routing (`routing.consistency: session`; reads go to the replicas, which share the \
          same cores); PgBouncer ({}) in `pool_mode = transaction` in front of the primary. \
          Pools: {} server connections per node in every pooler. Latency: average from \
-         pgbench's summary, p50/p99 from its per-transaction log (`-l`). {}. \
+         pgbench's summary, p50/p99 from its per-transaction log (`-l`); results.csv also has the load average after each cell. {}. \
          Load average {} at the start, {} after the pgbench cells; run time {}m{:02}s.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         c.server_version,
@@ -607,9 +610,12 @@ fn markdown(
     let _ = writeln!(
         md,
         "The `pgrelay` process's VmRSS (/proc/<pid>/status). The idle sessions go to a fresh \
-         pgrelay in front of the primary alone with `auth: trust` (so 10,000 logins cost no \
+         pgrelay in front of the primary alone with `auth: trust` (so {} logins cost no \
          SCRAM work; a session's memory does not depend on how it logged in); each completes \
-         its login and stays idle. Server connections are pooled, so only a few exist.\n"
+         its login and stays idle. Server connections are pooled, so only a few exist. \
+         RSS after the sessions closed stays near its peak: the allocator keeps freed memory \
+         for reuse.\n",
+        idle_sessions
     );
     for l in memory {
         let _ = writeln!(md, "- {l}");

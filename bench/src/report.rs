@@ -82,6 +82,8 @@ pub struct Cell {
     pub ratio: Option<f64>,
     /// Set when the reference is not direct PostgreSQL at the same client count.
     pub reference: Option<String>,
+    /// The 1-minute load average when the cell ended (the machine may be shared).
+    pub load: String,
 }
 
 impl Cell {
@@ -268,7 +270,7 @@ fn csv_field(s: &str) -> String {
 
 pub fn csv(cells: &[Cell]) -> String {
     let mut out = String::from(
-        "script,mode,clients,target,target_label,status,tps,avg_latency_ms,p50_ms,p99_ms,tps_ratio_to_direct,ratio_reference,transactions,initial_connection_ms,note\n",
+        "script,mode,clients,target,target_label,status,tps,avg_latency_ms,p50_ms,p99_ms,tps_ratio_to_direct,ratio_reference,transactions,initial_connection_ms,load1_after,note\n",
     );
     for c in cells {
         let f = c.figures();
@@ -296,6 +298,7 @@ pub fn csv(cells: &[Cell]) -> String {
             c.reference.clone().unwrap_or_default(),
             f.map_or(String::new(), |f| f.transactions.to_string()),
             v(f.map(|f| f.connect_ms), 1),
+            c.load.clone(),
             note,
         ];
         let line: Vec<String> = fields.iter().map(|s| csv_field(s)).collect();
@@ -330,6 +333,7 @@ mod tests {
             },
             ratio: None,
             reference: None,
+            load: "0.50".into(),
         }
     }
 
