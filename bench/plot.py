@@ -48,20 +48,20 @@ def main(csv_path, png_path):
             else:
                 word = "failed" if r["status"] == "failed" else ("n/a" if r["status"] == "ok" else r["status"])
                 ax.text(x, 0.02, word, ha="center", va="bottom", rotation=90, fontsize=8, color=color)
-    ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
-    ax.text(len(groups) - 0.5, 1.0, " direct PostgreSQL = 1.0", va="bottom", ha="right", fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="direct PostgreSQL = 1.0")
     labels = []
     for script, mode, clients in groups:
         ref = any(
             by.get((script, mode, clients, k), {}).get("ratio_reference") for k, _, _ in TARGETS
         )
-        labels.append(f"{script}\n{mode}\n{clients} clients" + ("\n(† vs direct\nat fewer clients)" if ref else ""))
+        noun = "client" if clients == "1" else "clients"
+        labels.append(f"{script}\n{mode}\n{clients} {noun}" + ("\n(† vs direct\nat fewer clients)" if ref else ""))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylim(0, top)
     ax.set_ylabel("TPS relative to direct PostgreSQL")
     ax.set_title("pgbench TPS through each proxy, relative to direct PostgreSQL", pad=28)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(TARGETS), fontsize=8, frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(TARGETS) + 1, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
 
