@@ -184,3 +184,55 @@ async fn a_read_that_writes_is_retried_on_the_primary_unseen() {
         .get(0);
     assert_eq!(n, 2, "each call wrote exactly once");
 }
+
+/// A replica backend that dies in the middle of a read (terminated here; a crashed
+/// replica looks the same to pgrelay): nothing of the read has reached the client, so
+/// it runs again on the primary and the client never sees the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_replica_connection_dies_is_rerun_on_the_primary() {
+    let env = start_with(ClusterConfig::default(), |c| {
+        c.routing.consistency = pgrelay::router::Consistency::Eventual;
+    })
+    .await;
+    let c = env.connect().await;
+    let sql = "SELECT inet_server_port() AS port, pg_sleep(2) AS slept";
+    let read = tokio::spawn(async move { port_of(&c, sql).await });
+    let direct = [env.connect_direct(1).await, env.connect_direct(2).await];
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                WHERE query LIKE '%pg_sleep(2) AS slept%' AND pid <> pg_backend_pid()";
+    tests_integration::eventually(
+        std::time::Duration::from_secs(10),
+        "the read running on a replica",
+        || async {
+            let mut killed = 0;
+            for d in &direct {
+                let row = d.query_one(kill, &[]).await.expect("terminate");
+                killed += row.get::<_, i64>(0);
+            }
+            (killed > 0).then_some(())
+        },
+    )
+    .await;
+    let port = read.await.expect("the read answers");
+    assert_eq!(port, env.primary_port(), "re-run on the primary");
+    let retries = pgrelay_statements(&env, "replica_unavailable");
+    eprintln!(
+        "read re-run on the primary after its replica backend was terminated ({retries} counted)"
+    );
+    assert_eq!(retries, 1);
+}
+
+fn pgrelay_statements(env: &Env, reason: &str) -> u64 {
+    let stats = &env.proxy.shared.stats;
+    (0..3)
+        .map(|n| {
+            stats.routed_count(
+                pgrelay::router::NodeId(n),
+                pgrelay::stats::Reason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == reason)
+                    .expect("reason"),
+            )
+        })
+        .sum()
+}

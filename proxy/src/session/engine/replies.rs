@@ -227,17 +227,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.capturing = false;
         self.learning_write = false;
         self.cancel.slot.clear();
-        self.hold = None; // (its statements never completed: not counted)
+        let held = self.hold.take();
         self.streaming = false;
         self.flushed = false;
+        let mut reason = crate::stats::Reason::ReadOnlyRetry;
+        if let Some(hold) = held.filter(|_| self.retrying.is_none()) {
+            // A read held back on a replica that went away: none of it reached the
+            // client, so it runs again, on the primary (the replica's other pooled
+            // connections may be just as dead).
+            self.start_retry(hold);
+            self.check = None;
+            self.check_passed = false;
+            self.last_error_fatal = false;
+            reason = crate::stats::Reason::ReplicaUnavailable;
+            tracing::info!(%node, "read re-run on the primary after its replica connection was lost");
+        }
         if let Some(frames) = self.retrying.take() {
-            // The replica died while refusing a write: just run it on the primary.
+            // The unit was being re-run anyway (refused, or the replica was behind):
+            // just run it on the primary.
             for f in frames.into_iter().rev() {
                 self.queued_bytes += f.len();
                 self.queued.push_front(f);
             }
             self.force_primary = true;
-            self.retry_reason = Some(crate::stats::Reason::ReadOnlyRetry);
+            self.retry_reason = Some(reason);
             return;
         }
         let in_tx = self.tx != TxStatus::Idle;
