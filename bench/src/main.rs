@@ -150,10 +150,10 @@ fn run() -> Result<()> {
     let workloads = workloads(opts.quick);
     let cells_total = workloads.len() * Target::ALL.len();
     let many = workloads.iter().filter(|w| w.clients >= 500).count() as u64;
-    let estimate = cells_total as u64 * (seconds + 2)
+    let estimate = cells_total as u64 * seconds
         + many * 3 * connect_allowance
         + 4 * warmup
-        + 60
+        + 30
         + idle_sessions as u64 / 500;
     println!(
         "pgrelay-bench: {cells_total} cells of pgbench -T {seconds}, then {idle_sessions} idle sessions; about {} min",
@@ -620,6 +620,11 @@ fn markdown(
     for l in memory {
         let _ = writeln!(md, "- {l}");
     }
+    let _ = writeln!(
+        md,
+        "\nThe proxies' logs (pgrelay at `warn`: e.g. heartbeats that timed out under load) and \
+         the output of failed pgbench runs are in `logs/`."
+    );
     let _ = writeln!(md, "\n## Plot\n");
     match plot {
         Ok(_) => {
