@@ -767,3 +767,31 @@ async fn a_transaction_rerun_on_the_primary_leaves_no_transaction_on_the_replica
         "transactions left open on the replica"
     );
 }
+
+/// Reads on the primary move the floor only when another node could serve a later read:
+/// with a single node pgrelay asks for no WAL position after reads (the hot path of a
+/// proxy in front of a lone primary), and still does after a write (the causal token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_primary_costs_reads_no_wal_position_query() {
+    let lone = ClusterConfig {
+        replicas: 0,
+        ..ClusterConfig::default()
+    };
+    let env = start_with(lone, |_| {}).await;
+    let c = env.connect().await;
+    let asked = || {
+        env.proxy
+            .shared
+            .ryw
+            .write_lsn_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..20 {
+        value(&c, "SELECT 1").await;
+    }
+    assert_eq!(asked(), 0, "reads asked for the WAL position");
+    exec(&c, "CREATE TABLE lone (x int)").await;
+    assert_eq!(asked(), 1, "a write learns its position");
+    let token = lsn(&show(&c, "pgrelay.last_write_lsn").await);
+    assert!(token > 0);
+}

@@ -441,7 +441,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 // What this read saw is bounded by the replica's position right after it.
                 self.replica_dirty = false;
                 self.push_lsn_query(Hidden::ReplayAfter, false)?;
+            } else if !replica && ends && class == Class::Read && self.tx == TxStatus::Idle {
+                self.read_on_primary()?;
             }
+        }
+        Ok(())
+    }
+
+    /// An autocommit read just sent to the primary. Later reads must not go back from
+    /// what it saw, so the floor moves to the primary's WAL position right after it:
+    /// asked in the same write, so it costs no round trip of its own (instead of being
+    /// asked once the read's answer is in). With a single node there is no other node
+    /// to go back on, so nothing is asked at all.
+    fn read_on_primary(&mut self) -> Result<(), ClientError> {
+        if !std::mem::take(&mut self.wrote) || !self.level.tracks_floor() {
+            return Ok(());
+        }
+        if self.ctx.nodes.len() > 1 {
+            self.push_lsn_query(Hidden::WriteLsn, true)?;
         }
         Ok(())
     }
