@@ -127,9 +127,15 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config
+        .as_ref()
+        .map(|c| c.limits.worker_threads)
+        .filter(|n| *n > 0)
+    {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         match (cli.command, config) {
             (

@@ -57,6 +57,9 @@ pub(crate) const OVERRIDES: &[(&str, Setter)] = &[
     ("limits.max_clients", |c, v| {
         from_str(&mut c.limits.max_clients, v)
     }),
+    ("limits.worker_threads", |c, v| {
+        from_str(&mut c.limits.worker_threads, v)
+    }),
     ("limits.startup_timeout", |c, v| {
         parse_duration(v).map(|d| c.limits.startup_timeout = d)
     }),
@@ -301,6 +304,7 @@ mod tests {
             "PGRELAY_LIMITS_MAX_MESSAGE_SIZE",
             "PGRELAY_LIMITS_MAX_CLIENTS",
             "PGRELAY_LIMITS_STARTUP_TIMEOUT",
+            "PGRELAY_LIMITS_WORKER_THREADS",
             "PGRELAY_HEALTH_INTERVAL",
             "PGRELAY_HEALTH_TIMEOUT",
             "PGRELAY_ROUTING_REPLICA_READS",
@@ -322,7 +326,7 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == var), "{var} missing");
         }
-        assert_eq!(names.len(), 36);
+        assert_eq!(names.len(), 37);
     }
 
     #[test]

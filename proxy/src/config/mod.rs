@@ -220,6 +220,8 @@ pub struct LimitsConfig {
     pub max_clients: usize,
     #[serde(with = "units::duration")]
     pub startup_timeout: Duration,
+    /// Threads serving sessions; 0: one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -228,6 +230,7 @@ impl Default for LimitsConfig {
             max_message_size: ByteSize(64 << 20),
             max_clients: 10_000,
             startup_timeout: Duration::from_secs(10),
+            worker_threads: 0,
         }
     }
 }
