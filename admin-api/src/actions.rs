@@ -148,11 +148,7 @@ pub(crate) async fn enable(State(state): State<AdminState>, Path(name): Path<Str
 
 /// Re-read the configuration; a bad file is refused (422) and the old config stays.
 pub(crate) async fn reload(State(state): State<AdminState>) -> Answer {
-    let proxy = state
-        .proxy
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the proxy"))?;
-    match proxy.reload() {
+    match crate::views::proxy(&state)?.reload() {
         Ok(report) => {
             let message = if report.applied.is_empty() && report.needs_restart.is_empty() {
                 "configuration reloaded; nothing changed".to_string()

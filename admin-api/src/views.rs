@@ -111,15 +111,19 @@ pub(crate) async fn topology(State(state): State<AdminState>) -> impl IntoRespon
     Json(body).into_response()
 }
 
+/// The proxy's side of the API, or 503 when this process has none.
+pub(crate) fn proxy(state: &AdminState) -> Result<&dyn crate::ProxyView, ApiError> {
+    state
+        .proxy
+        .as_deref()
+        .ok_or_else(|| ApiError::unavailable("the proxy"))
+}
+
 /// Prometheus text exposition (format 0.0.4).
 pub(crate) async fn metrics(
     State(state): State<AdminState>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let proxy = state
-        .proxy
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the proxy"))?;
-    let body = proxy.metrics();
+    let body = proxy(&state)?.metrics();
     Ok((
         StatusCode::OK,
         [(
@@ -139,11 +143,7 @@ struct SessionsBody {
 pub(crate) async fn sessions(
     State(state): State<AdminState>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let proxy = state
-        .proxy
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("the proxy"))?;
-    let mut sessions = proxy.sessions();
+    let mut sessions = proxy(&state)?.sessions();
     sessions.sort_by_key(|s| s.id);
     Ok(Json(SessionsBody {
         count: sessions.len(),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests_integration::http;
-use tests_integration::pgbench::{bench, load, pgbench, report, setting, Figures};
+use tests_integration::pgbench::{bench, init, load, report, setting, Figures};
 use tests_integration::start_with;
 
 /// Fetches `/metrics` every `every` until stopped; returns each scrape's duration and
@@ -63,12 +63,7 @@ async fn run() {
     let clients = setting("SCRAPE_BENCH_CLIENTS", "8");
     let scale = setting("SCRAPE_BENCH_SCALE", "10");
     let env = start_with(ClusterConfig::default(), |_| {}).await;
-    let primary = env.primary_port();
-    let init: Vec<String> = ["-i", "-s", &scale, "-q"].map(String::from).to_vec();
-    tokio::task::spawn_blocking(move || pgbench(primary, &init))
-        .await
-        .expect("pgbench -i");
-    env.wait_for_replay().await;
+    init(&env, &scale).await;
     let args: Vec<String> = [
         "-S", "-M", "prepared", "-c", &clients, "-j", "2", "-T", &seconds, "-n",
     ]

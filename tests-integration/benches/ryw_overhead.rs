@@ -12,7 +12,7 @@
 use cluster::ClusterConfig;
 use pgrelay::router::Consistency;
 use std::sync::atomic::Ordering::Relaxed;
-use tests_integration::pgbench::{bench, load, pgbench, report, setting, Figures};
+use tests_integration::pgbench::{bench, init, load, report, setting, Figures};
 use tests_integration::{start_proxy, start_with};
 
 fn ryw_counters(shared: &pgrelay::session::Shared) -> String {
@@ -43,11 +43,7 @@ async fn run() {
     .await;
     let primary = env.primary_port();
     println!("ryw_overhead: pgbench -i -s {scale} on the primary...");
-    let init: Vec<String> = ["-i", "-s", &scale, "-q"].map(String::from).to_vec();
-    tokio::task::spawn_blocking(move || pgbench(primary, &init))
-        .await
-        .expect("pgbench -i");
-    env.wait_for_replay().await;
+    init(&env, &scale).await;
 
     let args: Vec<String> = [
         "-b",

@@ -95,3 +95,13 @@ pub fn load() -> String {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
+
+/// `pgbench -i -s scale` on the cluster's primary, then wait until the replicas have it.
+pub async fn init(env: &crate::Env, scale: &str) {
+    let primary = env.primary_port();
+    let init: Vec<String> = ["-i", "-s", scale, "-q"].map(String::from).to_vec();
+    tokio::task::spawn_blocking(move || pgbench(primary, &init))
+        .await
+        .expect("pgbench -i");
+    env.wait_for_replay().await;
+}
