@@ -185,16 +185,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             GlobalProbe::Ready => return false,
             GlobalProbe::Failed => {
                 self.force_primary = true;
+                self.retry_reason = Some(Reason::RywFallback);
                 return false;
             }
             GlobalProbe::Idle | GlobalProbe::Asking => {}
         }
         if self.lease_for(Class::Write, false).await.is_err() {
             self.force_primary = true; // the read itself will report the failure
+            self.retry_reason = Some(Reason::RywFallback);
             return false;
         }
         if self.push_lsn_query(Hidden::WriteLsn, true).is_err() {
             self.force_primary = true;
+            self.retry_reason = Some(Reason::RywFallback);
             return false;
         }
         self.global = GlobalProbe::Asking;
@@ -372,6 +375,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 .primary_fallbacks
                 .fetch_add(1, Ordering::Relaxed);
             self.force_primary = true;
+            // Counted as what it is: a read the replicas could not serve in time.
+            self.retry_reason = Some(Reason::RywFallback);
         }
     }
 }
