@@ -790,6 +790,17 @@ async fn a_lone_primary_costs_reads_no_wal_position_query() {
         value(&c, "SELECT 1").await;
     }
     assert_eq!(asked(), 0, "reads asked for the WAL position");
+    let stats = &env.proxy.shared.stats;
+    let node = pgrelay::router::NodeId(0);
+    assert_eq!(
+        stats.routed_count(node, pgrelay::stats::Reason::NoReplica),
+        20,
+        "reads on a lone primary: no replica"
+    );
+    assert_eq!(
+        stats.routed_count(node, pgrelay::stats::Reason::RywFallback),
+        0
+    );
     exec(&c, "CREATE TABLE lone (x int)").await;
     assert_eq!(asked(), 1, "a write learns its position");
     let token = lsn(&show(&c, "pgrelay.last_write_lsn").await);

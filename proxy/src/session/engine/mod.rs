@@ -599,15 +599,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             } else {
                 (router::choose(&topo, class, spread, load)?, true)
             };
-            let eligible = topo.nodes.iter().any(|n| n.readable_replica());
-            (route, topo.primary().map(|p| p.id), known_fresh && eligible)
+            (route, topo.primary().map(|p| p.id), known_fresh)
         };
-        // (`known_fresh` now also says whether any replica could take reads.)
+        // The router sends a read to the primary only when no replica may take it; a
+        // read that leaves a replica for its floor is marked so below.
         let mut reason = match route {
             Route::Replica(_) => Reason::Read,
-            Route::Primary(_) if !read => Reason::Write,
-            Route::Primary(_) if known_fresh || !self.level.tracks_floor() => Reason::NoReplica,
-            Route::Primary(_) => Reason::RywFallback,
+            Route::Primary(_) if read => Reason::NoReplica,
+            Route::Primary(_) => Reason::Write,
         };
         let result = self.acquire(route.node()).await;
         let (route, lease) = match (result, route) {
