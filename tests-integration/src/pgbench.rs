@@ -9,8 +9,9 @@ pub fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// Run pgbench against 127.0.0.1:`port` as the app user; its output, or a panic.
-pub fn pgbench(port: u16, args: &[String]) -> String {
+/// Run pgbench against 127.0.0.1:`port` as the app user: whether it succeeded, and its
+/// output (stdout then stderr).
+pub fn try_pgbench<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> (bool, String) {
     let out = Command::new(pg_program("pgbench"))
         .args(args)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -23,7 +24,13 @@ pub fn pgbench(port: u16, args: &[String]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    (out.status.success(), text)
+}
+
+/// Like [`try_pgbench`]; its output, or a panic.
+pub fn pgbench(port: u16, args: &[String]) -> String {
+    let (ok, text) = try_pgbench(port, args);
+    assert!(ok, "pgbench {args:?} failed:\n{text}");
     text
 }
 

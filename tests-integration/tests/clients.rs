@@ -299,26 +299,7 @@ async fn psql_runs_scripts_through_pgrelay() {
 }
 
 fn pgbench(args: &[&str], port: u16) -> (bool, String) {
-    let out = Command::new(pg_program("pgbench"))
-        .args(args)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            cluster::APP_USER,
-            cluster::APP_DB,
-        ])
-        .env("PGPASSWORD", cluster::APP_PASSWORD)
-        .output()
-        .expect("pgbench runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    tests_integration::pgbench::try_pgbench(port, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
