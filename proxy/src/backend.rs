@@ -93,7 +93,7 @@ pub struct BackendConn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     pub node: NodeId,
-    pub cancel: CancelKey,
+    pub cancel: std::sync::Arc<crate::cancel::CancelTarget>,
     /// ParameterStatus values reported at startup (and updated as they change).
     pub params: Vec<(String, String)>,
     /// Proxy-wide statement names already prepared on this connection.
@@ -191,7 +191,10 @@ impl BackendConn {
             stream,
             rbuf,
             node: spec.node,
-            cancel,
+            cancel: std::sync::Arc::new(crate::cancel::CancelTarget {
+                addr: spec.addr.clone(),
+                key: cancel,
+            }),
             params,
             prepared: Default::default(),
             settings: Vec::new(),

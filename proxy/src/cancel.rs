@@ -11,20 +11,28 @@ use std::sync::{Arc, Mutex};
 /// only by cancel requests, so the lock is uncontended on the data path.
 #[derive(Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<(String, CancelKey)>>,
+    target: Mutex<Option<Arc<CancelTarget>>>,
+}
+
+/// Where and with which key to cancel what runs on one server connection. Made once
+/// per connection and shared with the slot of each session it serves: a lease costs
+/// no copy.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub addr: String,
+    pub key: CancelKey,
 }
 
 impl CancelSlot {
-    pub fn set(&self, addr: &str, key: &CancelKey) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((addr.to_string(), key.clone()));
+    pub fn set(&self, target: &Arc<CancelTarget>) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
     }
 
     pub fn clear(&self) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    pub fn get(&self) -> Option<(String, CancelKey)> {
+    pub fn get(&self) -> Option<Arc<CancelTarget>> {
         self.target
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -94,7 +102,7 @@ impl CancelRegistry {
 
     /// The backend to cancel for a client's (pid, key), if the key matches and the
     /// session is running something. A wrong key finds nothing, as in PostgreSQL.
-    pub fn lookup(&self, pid: u32, key: &[u8]) -> Option<(String, CancelKey)> {
+    pub fn lookup(&self, pid: u32, key: &[u8]) -> Option<Arc<CancelTarget>> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let entry = sessions.get(&pid)?;
         if key != entry.secret.to_be_bytes() {
@@ -124,11 +132,12 @@ mod tests {
             pid: 42,
             key: vec![1, 2, 3, 4],
         };
-        a.slot.set("127.0.0.1:5432", &backend);
-        assert_eq!(
-            reg.lookup(a.pid, &key),
-            Some(("127.0.0.1:5432".into(), backend))
-        );
+        let target = Arc::new(CancelTarget {
+            addr: "127.0.0.1:5432".into(),
+            key: backend,
+        });
+        a.slot.set(&target);
+        assert_eq!(reg.lookup(a.pid, &key), Some(target));
         assert_eq!(
             reg.lookup(a.pid, &(a.secret ^ 1).to_be_bytes()),
             None,

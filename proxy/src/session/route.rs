@@ -75,23 +75,29 @@ pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
 /// Which pins a simple query ends, once it has run outside a transaction: the state
 /// that tied the session to its backend is gone. `None` when it ends none.
 pub fn releases(sql: &str) -> Option<Release> {
-    let words: Vec<String> = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let w: Vec<&str> = words.iter().map(String::as_str).collect();
-    match w.as_slice() {
-        ["discard", "all"] => Some(Release::All),
-        ["unlisten", "*"] => Some(Release::Only(PinReason::Listen)),
-        ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
+    // Runs on every simple query: decided by the first word for almost all of them,
+    // without allocating.
+    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+    let first = words.next()?;
+    let kind = ["discard", "unlisten", "deallocate", "close", "select"]
+        .iter()
+        .position(|k| first.eq_ignore_ascii_case(k))?;
+    let rest = [words.next(), words.next(), words.next()];
+    let is = |w: &str, kws: &[&str]| kws.iter().any(|k| w.eq_ignore_ascii_case(k));
+    match (kind, rest) {
+        (0, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::All),
+        (0, [Some(w), None, None]) if is(w, &["temp", "temporary"]) => {
+            Some(Release::Only(PinReason::TempTable))
+        }
+        (1, [Some("*"), None, None]) => Some(Release::Only(PinReason::Listen)),
+        (2, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::Only(PinReason::Prepare)),
+        (2, [Some(p), Some(w), None]) if is(p, &["prepare"]) && is(w, &["all"]) => {
             Some(Release::Only(PinReason::Prepare))
         }
-        ["discard", "temp" | "temporary"] => Some(Release::Only(PinReason::TempTable)),
-        ["close", "all"] => Some(Release::Only(PinReason::HoldCursor)),
-        ["select", f]
-            if f.starts_with("pg_advisory_unlock_all(") || *f == "pg_advisory_unlock_all()" =>
+        (3, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::Only(PinReason::HoldCursor)),
+        (4, [Some(f), None, None])
+            if f.get(..23)
+                .is_some_and(|p| p.eq_ignore_ascii_case("pg_advisory_unlock_all(")) =>
         {
             Some(Release::Only(PinReason::AdvisoryLock))
         }
@@ -251,6 +257,16 @@ mod tests {
                 "SELECT pg_advisory_unlock_all()",
                 Some(Release::Only(PinReason::AdvisoryLock)),
             ),
+            (
+                "  Select PG_ADVISORY_UNLOCK_ALL() ;",
+                Some(Release::Only(PinReason::AdvisoryLock)),
+            ),
+            ("select pg_advisory_unlock_all(), 1", None),
+            ("discard\n temporary", Some(Release::Only(PinReason::TempTable))),
+            ("DISCARD ALL now", None),
+            ("DISCARD", None),
+            ("", None),
+            (";", None),
             ("SELECT 1", None),
         ];
         for (sql, want) in cases {

@@ -218,10 +218,11 @@ async fn read_message<S: AsyncRead + Unpin>(
 }
 
 async fn cancel(ctx: &Shared, pid: u32, key: &[u8]) {
-    let Some((addr, target)) = ctx.cancels.lookup(pid, key) else {
+    let Some(target) = ctx.cancels.lookup(pid, key) else {
         return;
     };
-    if let Err(e) = crate::backend::send_cancel(&addr, &target, ctx.cancel_timeout).await {
+    let addr = &target.addr;
+    if let Err(e) = crate::backend::send_cancel(addr, &target.key, ctx.cancel_timeout).await {
         tracing::warn!(%addr, error = %e, "could not deliver a cancel request");
     }
 }

@@ -637,7 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         self.lease_reason = self.retry_reason.take().unwrap_or(reason);
         let conn = lease.conn_ref();
-        self.cancel.slot.set(lease.pool().addr(), &conn.cancel);
+        self.cancel.slot.set(&conn.cancel);
         self.lease = Some(lease);
         self.route = Some(route);
         self.prepare_backend()?;

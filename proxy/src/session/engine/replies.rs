@@ -31,8 +31,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     self.capturing = false;
                 }
             }
-            if let Some(lsn) = o.lsn_row.zip(super::floor::lsn_of(&frame)) {
-                self.on_lsn(lsn.0, lsn.1);
+            // Only the rows of pgrelay's own position queries are decoded.
+            if let Some(kind) = o.lsn_row {
+                if let Some(lsn) = super::floor::lsn_of(&frame) {
+                    self.on_lsn(kind, lsn);
+                }
             }
             if let Some(kind) = o.hidden_done.filter(|k| k.reads_lsn()) {
                 self.lsn_query_done(kind);

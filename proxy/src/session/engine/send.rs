@@ -263,8 +263,29 @@ fn ensure_prepared(
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server. Any
 /// DISCARD or DEALLOCATE is treated so: being wrong only costs a re-prepare.
 fn drops_statements(sql: &str) -> bool {
-    let head = sql.trim_start();
-    let head = head.get(..10).unwrap_or(head);
-    let lower = head.to_ascii_lowercase();
-    lower.starts_with("discard") || lower.starts_with("deallocate")
+    let head = sql.trim_start().as_bytes();
+    let starts = |kw: &str| {
+        head.get(..kw.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(kw.as_bytes()))
+    };
+    starts("discard") || starts("deallocate")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statement_dropping_commands() {
+        for (sql, want) in [
+            ("DISCARD ALL", true),
+            ("  deallocate q", true),
+            ("DeAlLoCaTe ALL;", true),
+            ("discard", true),
+            ("SELECT 1", false),
+            ("disc", false),
+            ("", false),
+            ("é", false),
+        ] {
+            assert_eq!(super::drops_statements(sql), want, "{sql:?}");
+        }
+    }
 }
