@@ -30,6 +30,13 @@ pub fn ends_unit(tag: u8) -> bool {
 /// A Bind or Describe names the statement as the unit itself last parsed it, if it did:
 /// the session's older statement of that name (above all the unnamed one) is replaced.
 pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
+    unit_classes(frames, stmts, &mut Vec::new())
+}
+
+/// [`unit_class`], also leaving in `each` the class of every Query and Parse (`None`
+/// for other frames), so that sending them does not lex their SQL a second time.
+pub fn unit_classes(frames: &[Frame], stmts: &Statements, each: &mut Vec<Option<Class>>) -> Class {
+    each.clear();
     let mut class = Class::Read;
     let mut parsed: Vec<(&str, Class)> = Vec::new();
     let named = |parsed: &[(&str, Class)], name: &str| {
@@ -42,13 +49,15 @@ pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
             .unwrap_or(Class::Read)
     };
     for f in frames {
+        let mut sql_class = None;
         let c = match f.tag() {
-            b'Q' => protocol::frontend::query(f)
-                .map(classify)
-                .unwrap_or(Class::Write),
+            b'Q' => match protocol::frontend::query(f) {
+                Ok(sql) => *sql_class.insert(classify(sql)),
+                Err(_) => Class::Write,
+            },
             b'P' => match protocol::frontend::parse(f) {
                 Ok(p) => {
-                    let c = classify(p.sql);
+                    let c = *sql_class.insert(classify(p.sql));
                     parsed.push((p.name, c));
                     c
                 }
@@ -67,6 +76,7 @@ pub fn unit_class(frames: &[Frame], stmts: &Statements) -> Class {
             // FunctionCall, COPY data outside COPY, anything unknown: the primary decides.
             _ => Class::Write,
         };
+        each.push(sql_class);
         class = stronger(class, c);
     }
     class
@@ -211,8 +221,16 @@ mod tests {
             (vec![parse("x", "SELECT 2"), bind("x"), sync()], Class::Read),
             (vec![bind("unknown"), sync()], Class::Read),
         ];
+        let mut each = vec![Some(Class::Write)]; // stale contents must go
         for (unit, want) in cases {
             assert_eq!(unit_class(&unit, &stmts), want, "{unit:?}");
+            assert_eq!(unit_classes(&unit, &stmts, &mut each), want, "{unit:?}");
+            // Each Parse's own class, so sending it needs no second lexing.
+            let own: Vec<Option<Class>> = unit
+                .iter()
+                .map(|f| protocol::frontend::parse(f).ok().map(|p| classify(p.sql)))
+                .collect();
+            assert_eq!(each, own, "{unit:?}");
         }
     }
 

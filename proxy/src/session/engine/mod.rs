@@ -15,7 +15,7 @@ mod tests;
 use super::expect::Hidden;
 use super::expect::{Expect, Expectations};
 use super::registry::{Activity, Listed};
-use super::route::{ends_unit, is_boundary, is_session_message, unit_class, Release};
+use super::route::{ends_unit, is_boundary, is_session_message, unit_class, unit_classes, Release};
 use super::settings::{self, Settings};
 use super::statements::{backend_name, Statement, Statements};
 use super::Shared;
@@ -146,6 +146,9 @@ pub struct Engine<S> {
     retry_reason: Option<Reason>,
     /// When each unit awaiting its ReadyForQuery was sent (for latency).
     unit_sent: VecDeque<std::time::Instant>,
+    /// The class of each Query and Parse of the unit being routed (kept for its
+    /// allocation).
+    unit_classes: Vec<Option<Class>>,
 }
 
 type Shown = (
@@ -225,6 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             lease_reason: Reason::Write,
             retry_reason: None,
             unit_sent: VecDeque::new(),
+            unit_classes: Vec::new(),
         }
     }
 
@@ -390,7 +394,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.refuse_unit(&unit, &notice);
                 continue;
             }
-            let mut class = unit_class(&unit, &self.stmts);
+            let mut each = std::mem::take(&mut self.unit_classes);
+            let mut class = unit_classes(&unit, &self.stmts, &mut each);
             let ends = unit.last().is_some_and(|f| ends_unit(f.tag()));
             let retryable = self.pinned.is_none() && self.tx == TxStatus::Idle && ends;
             if class == Class::Read {
@@ -411,6 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             let check = match self.lease_for(class, retryable).await {
                 Ok(check) => check,
                 Err(e) => {
+                    self.unit_classes = each;
                     self.fail_unit(&unit, &e);
                     continue;
                 }
@@ -434,9 +440,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.check = Some(floor);
                 self.push_lsn_query(Hidden::ReplayCheck, true)?;
             }
-            for f in unit {
-                self.send(f)?;
+            for (f, c) in unit.into_iter().zip(each.drain(..)) {
+                self.send_classified(f, c)?;
             }
+            self.unit_classes = each;
             if replica && ends && self.level.tracks_floor() {
                 // What this read saw is bounded by the replica's position right after it.
                 self.replica_dirty = false;

@@ -8,6 +8,16 @@ use bytes::BufMut;
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// Translate one client message for the leased backend and record what it owes.
     pub(super) fn send(&mut self, f: Frame) -> Result<(), ClientError> {
+        self.send_classified(f, None)
+    }
+
+    /// [`Self::send`] for a Query or Parse whose SQL was classified already (`class`,
+    /// from [`super::super::route::unit_classes`]).
+    pub(super) fn send_classified(
+        &mut self,
+        f: Frame,
+        class: Option<Class>,
+    ) -> Result<(), ClientError> {
         let tag = f.tag();
         if self.exp.skipping() && tag != b'S' {
             return Ok(()); // the backend would ignore it until Sync, as PostgreSQL does
@@ -34,7 +44,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         match tag {
             b'P' => {
                 let p = protocol::frontend::parse(&f)?;
-                let class = router::classify(p.sql);
+                let class = class.unwrap_or_else(|| router::classify(p.sql));
                 if let Class::Pin(r) = class {
                     pin = Some(r);
                 }
@@ -142,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             b'Q' => {
                 let sql = protocol::frontend::query(&f)?;
-                let class = router::classify(sql);
+                let class = class.unwrap_or_else(|| router::classify(sql));
                 writes = matches!(class, Class::Write | Class::Pin(_));
                 match class {
                     Class::Pin(r) => pin = Some(r),
