@@ -55,6 +55,23 @@ impl Shown {
     }
 }
 
+/// False when `sql` (raw bytes, not yet decoded) cannot be a statement [`intercept`]
+/// recognizes: every one starts with SET, SHOW or RESET after white space. A non-ASCII
+/// first character is not judged here (Unicode white space trims away).
+pub fn may_intercept(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c));
+    let Some(text) = start.and_then(|i| sql.get(i..)) else {
+        return false;
+    };
+    let starts = |word: &str| {
+        text.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    text.first().is_some_and(|b| *b >= 0x80) || starts("set") || starts("show") || starts("reset")
+}
+
 /// Recognizes a single simple-protocol statement about a `pgrelay.*` setting. Anything
 /// else (including statements that merely mention one) is `None` and goes to PostgreSQL.
 pub fn intercept(sql: &str) -> Option<Command> {
@@ -233,6 +250,44 @@ fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The byte prefilter never turns away a statement `intercept` would answer.
+        #[test]
+        fn prefilter_never_hides_a_command(
+            pad in "[ \t\n\r\x0b\x0c\u{a0}\u{3000}]{0,3}",
+            verb in "(?i)(set|show|reset|select|rest|s)",
+            rest in "[ a-z._=;'0-9/]{0,30}",
+        ) {
+            let sql = format!("{pad}{verb} {rest}");
+            prop_assert!(may_intercept(sql.as_bytes()) || intercept(&sql).is_none(), "{sql:?}");
+        }
+
+        #[test]
+        fn prefilter_on_any_text(sql in "\\PC{0,40}") {
+            prop_assert!(may_intercept(sql.as_bytes()) || intercept(&sql).is_none(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn prefilter_cases() {
+        for (sql, may) in [
+            ("SET pgrelay.consistency = global", true),
+            ("  show pgrelay.last_write_lsn", true),
+            ("\x0bRESET pgrelay.consistency", true),
+            ("\u{a0}SET pgrelay.consistency = primary", true),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+            ("settings", true),
+            ("INSERT INTO t VALUES (1)", false),
+            ("BEGIN", false),
+            ("", false),
+            ("   ", false),
+        ] {
+            assert_eq!(may_intercept(sql.as_bytes()), may, "{sql:?}");
+        }
+        assert!(intercept("\u{a0}SET pgrelay.consistency = primary").is_some());
+    }
 
     #[test]
     fn statements() {

@@ -92,7 +92,16 @@ pub fn releases(sql: &str) -> Option<Release> {
     let kind = ["discard", "unlisten", "deallocate", "close", "select"]
         .iter()
         .position(|k| first.eq_ignore_ascii_case(k))?;
-    let rest = [words.next(), words.next(), words.next()];
+    let second = words.next();
+    if kind == 4
+        && !second.is_some_and(|f| {
+            f.get(..23)
+                .is_some_and(|p| p.eq_ignore_ascii_case("pg_advisory_unlock_all("))
+        })
+    {
+        return None; // an ordinary SELECT
+    }
+    let rest = [second, words.next(), words.next()];
     let is = |w: &str, kws: &[&str]| kws.iter().any(|k| w.eq_ignore_ascii_case(k));
     match (kind, rest) {
         (0, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::All),
@@ -280,7 +289,10 @@ mod tests {
                 Some(Release::Only(PinReason::AdvisoryLock)),
             ),
             ("select pg_advisory_unlock_all(), 1", None),
-            ("discard\n temporary", Some(Release::Only(PinReason::TempTable))),
+            (
+                "discard\n temporary",
+                Some(Release::Only(PinReason::TempTable)),
+            ),
             ("DISCARD ALL now", None),
             ("DISCARD", None),
             ("", None),

@@ -282,13 +282,12 @@ impl<'a> Lexer<'a> {
             (b'u', Some(b'&'), Some(b'"')) => return self.quoted(start + 3, true),
             _ => {}
         }
-        let mut i = start + 1;
-        while self
-            .at(i)
-            .is_some_and(|b| is_ident_start(b) || b.is_ascii_digit() || b == b'$')
-        {
-            i += 1;
-        }
+        let rest = self.src.get(start + 1..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|&b| !IDENT_CONT[usize::from(b)])
+            .unwrap_or(rest.len());
+        let i = start + 1 + len;
         self.pos = i;
         Tok::Word(self.slice(start, i))
     }
@@ -297,6 +296,20 @@ impl<'a> Lexer<'a> {
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
+
+/// Bytes that continue an identifier (letters, digits, `_`, `$`, any byte of a
+/// multi-byte character), as a table: the classifier runs on every statement, and
+/// identifiers are most of its bytes.
+static IDENT_CONT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        i += 1;
+    }
+    table
+};
 
 impl<'a> Iterator for Lexer<'a> {
     type Item = Tok<'a>;

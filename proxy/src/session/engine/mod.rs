@@ -891,6 +891,16 @@ fn shrink(buf: &mut BytesMut) {
 /// A simple query, Parse or Bind of a `pgrelay.*` statement, which pgrelay answers
 /// itself (`commands`: the session's prepared ones).
 fn is_ours(f: &Frame, commands: &CommandStatements) -> bool {
+    // Runs for every message, twice: most SQL is settled by its first word, before any
+    // decoding.
+    let raw_sql = match f.tag() {
+        b'Q' => f.body(),
+        b'P' => f.body().splitn(2, |b| *b == 0).nth(1).unwrap_or_default(),
+        _ => &[],
+    };
+    if matches!(f.tag(), b'Q' | b'P') && !crate::session::consistency::may_intercept(raw_sql) {
+        return false;
+    }
     let sql = match f.tag() {
         b'Q' => protocol::frontend::query(f).ok(),
         b'P' => protocol::frontend::parse(f).ok().map(|p| p.sql),
