@@ -3,7 +3,9 @@
 //! closed on the server (a session that needs one again simply re-prepares it), so a
 //! client that prepares without end cannot grow a backend's memory without end.
 
-use std::collections::HashMap;
+/// Statement names are looked up several times per statement on the data path, so with
+/// foldhash (randomly seeded, so still hard to flood) rather than SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 pub struct PreparedCache {

@@ -17,17 +17,42 @@ pub fn rewrite_parse_name(frame: &Frame, name: &str) -> Result<Bytes, DecodeErro
 
 /// Bind ('B') targeting statement `statement`; portal, formats and values unchanged.
 pub fn rewrite_bind_statement(frame: &Frame, statement: &str) -> Result<Bytes, DecodeError> {
+    let mut buf = BytesMut::with_capacity(frame.len() + statement.len());
+    write_bind_statement(frame, statement, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// [`rewrite_bind_statement`], appended to `out` (nothing is appended on error): the
+/// data path renames every Bind of a prepared statement, so without allocating.
+pub fn write_bind_statement(
+    frame: &Frame,
+    statement: &str,
+    out: &mut BytesMut,
+) -> Result<(), DecodeError> {
     check_name(statement)?;
     let b = bind(frame)?;
-    let mut portal = Vec::with_capacity(b.portal.len() + 1);
-    portal.extend_from_slice(b.portal.as_bytes());
-    portal.push(0);
-    Ok(rebuild(frame.tag(), &portal, statement, b.rest))
+    write_message(out, Some(frame.tag()), |buf| {
+        put_cstr(buf, b.portal.as_bytes());
+        put_cstr(buf, statement.as_bytes());
+        buf.extend_from_slice(b.rest);
+    });
+    Ok(())
 }
 
 /// Describe ('D') or Close ('C') with `name`; the tag and kind byte unchanged. Meant for
 /// statement targets, but portals are renamed the same way if asked.
 pub fn rewrite_describe_or_close_name(frame: &Frame, name: &str) -> Result<Bytes, DecodeError> {
+    let mut buf = BytesMut::with_capacity(frame.len() + name.len());
+    write_describe_or_close_name(frame, name, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// [`rewrite_describe_or_close_name`], appended to `out` (nothing on error).
+pub fn write_describe_or_close_name(
+    frame: &Frame,
+    name: &str,
+    out: &mut BytesMut,
+) -> Result<(), DecodeError> {
     check_name(name)?;
     let t = match frame.tag() {
         DESCRIBE => describe(frame)?,
@@ -39,7 +64,11 @@ pub fn rewrite_describe_or_close_name(frame: &Frame, name: &str) -> Result<Bytes
             })
         }
     };
-    Ok(rebuild(frame.tag(), &[t.kind.as_byte()], name, &[]))
+    write_message(out, Some(frame.tag()), |buf| {
+        buf.extend_from_slice(&[t.kind.as_byte()]);
+        put_cstr(buf, name.as_bytes());
+    });
+    Ok(())
 }
 
 fn rebuild(tag: u8, head: &[u8], name: &str, tail: &[u8]) -> Bytes {

@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use router::Class;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+/// Looked up for every Bind and Describe: foldhash (randomly seeded) over SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -101,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     conn,
                     stmt,
                     &f,
-                    protocol::frontend::rewrite_bind_statement,
+                    protocol::frontend::write_bind_statement,
                     &mut self.wbuf,
                     &mut self.exp,
                 )?;
@@ -127,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                             conn,
                             stmt.as_deref(),
                             &f,
-                            protocol::frontend::rewrite_describe_or_close_name,
+                            protocol::frontend::write_describe_or_close_name,
                             &mut self.wbuf,
                             &mut self.exp,
                         )?;
@@ -224,7 +224,7 @@ fn forward_renamed(
     conn: &mut crate::backend::BackendConn,
     stmt: Option<&Statement>,
     f: &Frame,
-    rename: fn(&Frame, &str) -> Result<bytes::Bytes, protocol::DecodeError>,
+    rename: fn(&Frame, &str, &mut BytesMut) -> Result<(), protocol::DecodeError>,
     wbuf: &mut BytesMut,
     exp: &mut Expectations,
 ) -> Result<(), ClientError> {
@@ -234,7 +234,7 @@ fn forward_renamed(
             if stmt.is_unnamed() {
                 wbuf.extend_from_slice(f.as_bytes());
             } else {
-                wbuf.extend_from_slice(&rename(f, &stmt.backend_name)?);
+                rename(f, &stmt.backend_name, wbuf)?;
             }
         }
         None => wbuf.extend_from_slice(f.as_bytes()),
