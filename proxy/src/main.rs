@@ -127,15 +127,17 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(cli.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limits = config
         .as_ref()
-        .map(|c| c.limits.worker_threads)
-        .filter(|n| *n > 0)
-    {
-        runtime.worker_threads(n);
-    }
-    let runtime = runtime.enable_all().build()?;
+        .map(|c| c.limits.clone())
+        .unwrap_or_default();
+    let threads = limits.threads(cores);
+    tracing::info!(threads, cores, "session threads");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match (cli.command, config) {
             (

@@ -285,3 +285,26 @@ fn an_admin_token_opens_other_addresses_and_never_prints() {
     assert!(c.admin.open_reads);
     assert!(!format!("{c:?}").contains("t0ps3cret"));
 }
+
+#[test]
+fn session_threads_leave_a_core_by_default() {
+    let limits = |worker_threads| LimitsConfig {
+        worker_threads,
+        ..LimitsConfig::default()
+    };
+    for (configured, cores, want) in [
+        (0, 1, 1),
+        (0, 2, 1),
+        (0, 4, 3),
+        (0, 16, 15),
+        (0, 0, 1),
+        (2, 1, 2),
+        (8, 2, 8),
+    ] {
+        assert_eq!(
+            limits(configured).threads(cores),
+            want,
+            "worker_threads {configured} on {cores} cores"
+        );
+    }
+}
