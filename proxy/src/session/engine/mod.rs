@@ -445,9 +445,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             self.unit_classes = each;
             if replica && ends && self.level.tracks_floor() {
-                // What this read saw is bounded by the replica's position right after it.
+                // What this read saw is bounded by the replica's position right after it:
+                // the statement prepared when the replica was leased, which may run in
+                // the client's transaction (and fail there harmlessly).
                 self.replica_dirty = false;
-                self.push_lsn_query(Hidden::ReplayAfter, false)?;
+                let prepared = self
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.conn_ref().own_prepared[1]);
+                self.push_lsn_query(Hidden::ReplayAfter, prepared)?;
             } else if !replica && ends && class == Class::Read && self.tx == TxStatus::Idle {
                 self.read_on_primary()?;
             }
@@ -780,6 +786,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// holds beyond its limit, and bring its settings into line with the session's.
     /// Both are hidden from the client and cost a round trip only when needed.
     fn prepare_backend(&mut self) -> Result<(), ClientError> {
+        if matches!(self.route, Some(Route::Replica(_))) && self.level.tracks_floor() {
+            self.prepare_replay_query()?;
+        }
         self.evict_statements()?;
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());

@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 /// PostgreSQL does; an Execute or a simple query returns one row, `lsn`.
 struct Script {
     lsn: &'static str,
-    /// Wait this long before answering the connection's first simple query.
-    first_query_pause: Option<Duration>,
+    /// Wait this long before answering the connection's nth query (simple, or the
+    /// Execute of a prepared one): (n, pause).
+    pause_before_query: Option<(usize, Duration)>,
 }
 
 async fn fake_node(script: Script) -> String {
@@ -27,6 +28,14 @@ async fn fake_node(script: Script) -> String {
         }
     });
     addr
+}
+
+async fn pause(script: &Script, query: usize) {
+    if let Some((n, pause)) = script.pause_before_query {
+        if n == query {
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 async fn fake_conn(mut stream: tokio::net::TcpStream, script: Arc<Script>) -> Option<()> {
@@ -51,15 +60,15 @@ async fn fake_conn(mut stream: tokio::net::TcpStream, script: Arc<Script>) -> Op
                 b'P' => out.extend_from_slice(&be::parse_complete()),
                 b'B' => out.extend_from_slice(&be::bind_complete()),
                 b'C' => out.extend_from_slice(&be::close_complete()),
-                b'E' => out.extend_from_slice(&cons::show_rows(script.lsn)),
+                b'E' => {
+                    queries += 1;
+                    pause(&script, queries).await;
+                    out.extend_from_slice(&cons::show_rows(script.lsn));
+                }
                 b'S' => {}
                 b'Q' => {
                     queries += 1;
-                    if queries == 1 {
-                        if let Some(pause) = script.first_query_pause {
-                            tokio::time::sleep(pause).await;
-                        }
-                    }
+                    pause(&script, queries).await;
                     out.extend_from_slice(&cons::show_description("lsn"));
                     out.extend_from_slice(&cons::show_rows(script.lsn));
                 }
@@ -183,11 +192,12 @@ async fn tags_until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> Str
 async fn pgrelay_command_waits_for_a_unit_being_retried() {
     let primary = Script {
         lsn: "0/2000",
-        first_query_pause: None,
+        pause_before_query: None,
     };
     let replica = Script {
         lsn: "0/500",
-        first_query_pause: Some(Duration::from_millis(200)),
+        // The check, then (after the swallowed unit) the position read after it.
+        pause_before_query: Some((2, Duration::from_millis(200))),
     };
     let mut client = session(primary, replica).await;
     let mut batch = BytesMut::new();
