@@ -228,6 +228,16 @@ fn run() -> Result<()> {
         s.as_ref().map(|(_, p)| *p).map_err(Clone::clone)
     };
 
+    let pid_of = |t: Target| -> Option<u32> {
+        let s = match t {
+            Target::Direct => return None,
+            Target::PgrelayPrimary => &relay_primary,
+            Target::PgrelayCluster => &relay_cluster,
+            Target::Pgbouncer => &bouncer,
+        };
+        s.as_ref().ok().map(|(p, _)| p.pid())
+    };
+
     println!("warming up ({warmup}s of select-only per target)...");
     for t in Target::ALL {
         if let Ok(port) = port_of(t) {
@@ -258,6 +268,7 @@ fn run() -> Result<()> {
                 .context("reset pgbench_history")?;
         }
         for t in Target::ALL {
+            let mut cpu_before = None;
             let outcome = match port_of(t) {
                 Err(why) => Outcome::Skipped(why),
                 Ok(_) if t == Target::Direct && w.clients > direct_limit => {
@@ -267,6 +278,7 @@ fn run() -> Result<()> {
                     ))
                 }
                 Ok(port) => {
+                    cpu_before = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
                     // pgbench's -T clock runs while it connects: give many-client cells
                     // time to log in (SCRAM) on top of the measured duration.
                     let seconds = if w.clients >= 500 {
@@ -287,6 +299,13 @@ fn run() -> Result<()> {
                 t.label(),
                 brief(&outcome)
             );
+            let cpu_after = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
+            let proxy_cpu_us = match (&outcome, cpu_before, cpu_after) {
+                (Outcome::Ok(f), Some(a), Some(b)) if f.transactions > 0 => {
+                    Some(b.saturating_sub(a) as f64 / f.transactions as f64)
+                }
+                _ => None,
+            };
             cells.push(Cell {
                 workload: *w,
                 target: t,
@@ -294,6 +313,7 @@ fn run() -> Result<()> {
                 ratio: None,
                 reference: None,
                 load: sys::load(),
+                proxy_cpu_us,
             });
         }
     }

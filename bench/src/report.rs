@@ -84,6 +84,9 @@ pub struct Cell {
     pub reference: Option<String>,
     /// The 1-minute load average when the cell ended (the machine may be shared).
     pub load: String,
+    /// CPU time the proxy process used per transaction (user + system), in µs: what
+    /// the hop costs, less noisy than TPS on a shared machine. None for direct.
+    pub proxy_cpu_us: Option<f64>,
 }
 
 impl Cell {
@@ -131,8 +134,9 @@ fn num(v: f64, decimals: usize) -> String {
     }
 }
 
-/// The row's cells as text: TPS, avg, p50, p99, ratio.
-fn columns(cell: &Cell) -> [String; 5] {
+/// The row's cells as text: TPS, avg, p50, p99, ratio, proxy CPU per transaction.
+fn columns(cell: &Cell) -> [String; 6] {
+    let dash = || "-".to_string();
     match &cell.outcome {
         Outcome::Ok(f) => [
             num(f.tps, 0),
@@ -142,27 +146,16 @@ fn columns(cell: &Cell) -> [String; 5] {
             match (cell.ratio, &cell.reference) {
                 (Some(r), None) => format!("{r:.2}"),
                 (Some(r), Some(_)) => format!("{r:.2} †"),
-                (None, _) => "-".into(),
+                (None, _) => dash(),
             },
+            cell.proxy_cpu_us.map_or_else(dash, |c| num(c, 1)),
         ],
-        Outcome::Failed(_) => [
-            "failed".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ],
-        Outcome::Skipped(_) => [
-            "skipped".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ],
+        Outcome::Failed(_) => ["failed".into(), dash(), dash(), dash(), dash(), dash()],
+        Outcome::Skipped(_) => ["skipped".into(), dash(), dash(), dash(), dash(), dash()],
     }
 }
 
-const HEAD: [&str; 8] = [
+const HEAD: [&str; 9] = [
     "workload",
     "clients",
     "target",
@@ -171,13 +164,14 @@ const HEAD: [&str; 8] = [
     "p50 ms",
     "p99 ms",
     "TPS / direct",
+    "proxy CPU µs/tx",
 ];
 
-fn rows(cells: &[Cell]) -> Vec<[String; 8]> {
+fn rows(cells: &[Cell]) -> Vec<[String; 9]> {
     cells
         .iter()
         .map(|c| {
-            let [tps, avg, p50, p99, ratio] = columns(c);
+            let [tps, avg, p50, p99, ratio, cpu] = columns(c);
             [
                 c.workload.label(),
                 c.workload.clients.to_string(),
@@ -187,6 +181,7 @@ fn rows(cells: &[Cell]) -> Vec<[String; 8]> {
                 p50,
                 p99,
                 ratio,
+                cpu,
             ]
         })
         .collect()
@@ -201,7 +196,7 @@ pub fn text_table(cells: &[Cell]) -> String {
             *w = (*w).max(v.chars().count());
         }
     }
-    let line = |r: &[String; 8]| -> String {
+    let line = |r: &[String; 9]| -> String {
         let mut s = String::new();
         for (i, (v, w)) in r.iter().zip(width).enumerate() {
             let pad = w - v.chars().count();
@@ -229,7 +224,7 @@ pub fn text_table(cells: &[Cell]) -> String {
 
 pub fn markdown_table(cells: &[Cell]) -> String {
     let mut out = format!("| {} |\n", HEAD.join(" | "));
-    out += "|---|---:|---|---:|---:|---:|---:|---:|\n";
+    out += "|---|---:|---|---:|---:|---:|---:|---:|---:|\n";
     for r in rows(cells) {
         out += &format!("| {} |\n", r.join(" | "));
     }
@@ -270,7 +265,7 @@ fn csv_field(s: &str) -> String {
 
 pub fn csv(cells: &[Cell]) -> String {
     let mut out = String::from(
-        "script,mode,clients,target,target_label,status,tps,avg_latency_ms,p50_ms,p99_ms,tps_ratio_to_direct,ratio_reference,transactions,initial_connection_ms,load1_after,note\n",
+        "script,mode,clients,target,target_label,status,tps,avg_latency_ms,p50_ms,p99_ms,tps_ratio_to_direct,ratio_reference,transactions,initial_connection_ms,load1_after,proxy_cpu_us_per_tx,note\n",
     );
     for c in cells {
         let f = c.figures();
@@ -299,6 +294,7 @@ pub fn csv(cells: &[Cell]) -> String {
             f.map_or(String::new(), |f| f.transactions.to_string()),
             v(f.map(|f| f.connect_ms), 1),
             c.load.clone(),
+            v(c.proxy_cpu_us, 2),
             note,
         ];
         let line: Vec<String> = fields.iter().map(|s| csv_field(s)).collect();
@@ -334,6 +330,7 @@ mod tests {
             ratio: None,
             reference: None,
             load: "0.50".into(),
+            proxy_cpu_us: (target != Target::Direct && tps.is_some()).then_some(21.26),
         }
     }
 
@@ -362,5 +359,18 @@ mod tests {
         assert!(csv.contains("\"boom, \"\"quoted\"\"\""), "{csv}");
         assert_eq!(notes(&cells).len(), 2);
         assert_eq!(markdown_table(&cells).lines().count(), 8);
+        // Proxy CPU per transaction: shown for proxies, a dash for direct.
+        let row = |target: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with("select-only simple  16") && l.contains(target))
+                .unwrap_or_default()
+        };
+        assert!(row("pgrelay, primary only").ends_with(" 21.3"), "{table}");
+        assert!(row("direct").ends_with(" -"), "{table}");
+        assert!(
+            csv.lines().nth(3).is_some_and(|l| l.contains(",21.26,")),
+            "{csv}"
+        );
     }
 }

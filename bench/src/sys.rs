@@ -47,6 +47,27 @@ pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
     bail!("no {field} in /proc/{pid}/status")
 }
 
+/// CPU time a process has used (user + system), in microseconds. /proc counts it in
+/// USER_HZ ticks, which are 1/100 s on every Linux architecture.
+pub fn cpu_micros(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14 and stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("parse /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("field {} of /proc/{pid}/stat", i + 3))
+    };
+    Ok((tick(11)? + tick(12)?) * 10_000)
+}
+
 /// The 1-minute load average, as /proc/loadavg prints it.
 pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -158,5 +179,22 @@ mod tests {
     fn own_rss_is_read() {
         assert!(vm_kib(std::process::id(), "VmRSS").unwrap() > 0);
         assert!(vm_kib(std::process::id(), "VmNope").is_err());
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn own_cpu_time_is_read_and_grows() {
+        let me = std::process::id();
+        let before = super::cpu_micros(me).unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(super::cpu_micros(me).unwrap() >= before);
+        assert!(super::cpu_micros(u32::MAX).is_err());
     }
 }

@@ -17,9 +17,9 @@ pub fn rewrite_parse_name(frame: &Frame, name: &str) -> Result<Bytes, DecodeErro
 
 /// Bind ('B') targeting statement `statement`; portal, formats and values unchanged.
 pub fn rewrite_bind_statement(frame: &Frame, statement: &str) -> Result<Bytes, DecodeError> {
-    let mut buf = BytesMut::with_capacity(frame.len() + statement.len());
-    write_bind_statement(frame, statement, &mut buf)?;
-    Ok(buf.freeze())
+    built(frame.len() + statement.len(), |buf| {
+        write_bind_statement(frame, statement, buf)
+    })
 }
 
 /// [`rewrite_bind_statement`], appended to `out` (nothing is appended on error): the
@@ -42,9 +42,9 @@ pub fn write_bind_statement(
 /// Describe ('D') or Close ('C') with `name`; the tag and kind byte unchanged. Meant for
 /// statement targets, but portals are renamed the same way if asked.
 pub fn rewrite_describe_or_close_name(frame: &Frame, name: &str) -> Result<Bytes, DecodeError> {
-    let mut buf = BytesMut::with_capacity(frame.len() + name.len());
-    write_describe_or_close_name(frame, name, &mut buf)?;
-    Ok(buf.freeze())
+    built(frame.len() + name.len(), |buf| {
+        write_describe_or_close_name(frame, name, buf)
+    })
 }
 
 /// [`rewrite_describe_or_close_name`], appended to `out` (nothing on error).
@@ -69,6 +69,16 @@ pub fn write_describe_or_close_name(
         put_cstr(buf, name.as_bytes());
     });
     Ok(())
+}
+
+/// A message written by `write` into a buffer of its own.
+fn built(
+    capacity: usize,
+    write: impl FnOnce(&mut BytesMut) -> Result<(), DecodeError>,
+) -> Result<Bytes, DecodeError> {
+    let mut buf = BytesMut::with_capacity(capacity);
+    write(&mut buf)?;
+    Ok(buf.freeze())
 }
 
 fn rebuild(tag: u8, head: &[u8], name: &str, tail: &[u8]) -> Bytes {
