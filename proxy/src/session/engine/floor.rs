@@ -260,6 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
         self.exp.push(Expect::Hidden(kind));
         if kind == Hidden::WriteLsn {
+            self.write_lsn_covers = self.unbounded;
             self.ctx.ryw.write_lsn_reads.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -268,12 +269,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// A replica leased for a read: may it serve the session's floor as is, must it be
     /// checked in the same round trip (`retryable` units only), or must the read go to
     /// the primary instead?
-    pub(super) fn vet_replica(&self, replay_seen: Lsn, known_fresh: bool, retryable: bool) -> Vet {
+    ///
+    /// `on` is the replica and when the leased connection to it was made. Reads whose
+    /// position was never read (`unbounded`) are safe to follow only on the replica they
+    /// ran on, and only while it has run without a restart since: a connection made
+    /// before them and still open proves that. Anywhere else the read goes to the
+    /// primary, which is ahead of every replica (and whose position, read after it,
+    /// then covers them).
+    pub(super) fn vet_replica(
+        &self,
+        on: (NodeId, Instant),
+        replay_seen: Lsn,
+        known_fresh: bool,
+        retryable: bool,
+    ) -> Vet {
         let floor = self.floor;
-        if !self.level.tracks_floor() || floor == Lsn(0) {
+        let stats = &self.ctx.ryw;
+        if !self.level.tracks_floor() {
             return Vet::Go;
         }
-        let stats = &self.ctx.ryw;
+        if let Some((node, since)) = self.unbounded {
+            if node != on.0 || on.1 >= since {
+                stats.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
+                return Vet::Primary;
+            }
+        }
+        if floor == Lsn(0) {
+            return Vet::Go;
+        }
         if replay_seen >= floor || (known_fresh && !retryable) {
             stats.replica_known.fetch_add(1, Ordering::Relaxed);
             Vet::Go
@@ -291,6 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         match kind {
             Hidden::WriteLsn => {
                 self.floor = self.floor.max(lsn);
+                // Asked after the reads left unbounded then: the primary's position is
+                // past anything they saw.
+                if self.unbounded == self.write_lsn_covers {
+                    self.unbounded = None;
+                }
                 if self.global == GlobalProbe::Asking {
                     self.global = GlobalProbe::Ready;
                 }

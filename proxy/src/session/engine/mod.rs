@@ -122,6 +122,13 @@ pub struct Engine<S> {
     floor: router::Lsn,
     /// The replica the session last read from, preferred while it is at the floor.
     sticky: Option<NodeId>,
+    /// The session has read on this replica, since this moment, without learning how far
+    /// that replica had replayed: the floor does not cover those reads. Only the same
+    /// replica, up since then, can serve the next read as is (see `vet_replica`); a
+    /// primary position read after them covers them (see `on_lsn`).
+    unbounded: Option<(NodeId, std::time::Instant)>,
+    /// `unbounded` as it was when the primary position being read was asked for.
+    write_lsn_covers: Option<(NodeId, std::time::Instant)>,
     /// A statement that may write (or, when the floor is kept, any statement) ran on
     /// the primary since the floor was last learnt.
     wrote: bool,
@@ -214,6 +221,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             default_level,
             floor: router::Lsn(0),
             sticky: None,
+            unbounded: None,
+            write_lsn_covers: None,
             wrote: false,
             replica_dirty: false,
             global: Default::default(),
@@ -445,15 +454,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             self.unit_classes = each;
             if replica && ends && self.level.tracks_floor() {
-                // What this read saw is bounded by the replica's position right after it:
-                // the statement prepared when the replica was leased, which may run in
-                // the client's transaction (and fail there harmlessly).
+                // What this read saw is not read back (a query per read would cost the
+                // replica as much as the read): while the session stays on this replica,
+                // which never shows less while it runs, nothing needs it.
+                // A held read counts once the client gets its answer (`settle_hold`).
                 self.replica_dirty = false;
-                let prepared = self
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.conn_ref().own_prepared[1]);
-                self.push_lsn_query(Hidden::ReplayAfter, prepared)?;
+                if self.hold.is_none() {
+                    self.read_unbounded();
+                }
             } else if !replica && ends && class == Class::Read && self.tx == TxStatus::Idle {
                 self.read_on_primary()?;
             }
@@ -634,8 +642,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         };
         let (route, lease, check) = match route {
             Route::Replica(_) => {
-                let seen = lease.conn_ref().replay_seen;
-                match self.vet_replica(seen, known_fresh, retryable) {
+                let conn = lease.conn_ref();
+                let on = (route.node(), conn.created);
+                match self.vet_replica(on, conn.replay_seen, known_fresh, retryable) {
                     floor::Vet::Go => (route, lease, None),
                     floor::Vet::Check(floor) => (route, lease, Some(floor)),
                     floor::Vet::Primary => {
@@ -699,7 +708,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
     }
 
-    /// The held unit will not be re-run: count its statements where they ran.
+    /// The held unit will not be re-run: count its statements where they ran, and what
+    /// the client now saw on the replica.
     fn settle_hold(&mut self) {
         if let Some(hold) = self.hold.take() {
             if let Some(lease) = &self.lease {
@@ -707,6 +717,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     .stats
                     .routed_n(lease.node(), self.lease_reason, hold.statements);
             }
+            if matches!(self.route, Some(Route::Replica(_))) && self.level.tracks_floor() {
+                self.read_unbounded();
+            }
+        }
+    }
+
+    /// The client saw a read on the leased replica whose position is not read back.
+    /// Recorded from now on, while the connection that served it is known to be open:
+    /// a connection to the same replica made before this moment, still open later,
+    /// proves the replica has not restarted (and gone back) in between.
+    fn read_unbounded(&mut self) {
+        if self.unbounded.is_none() {
+            let node = self.route.map(|r| r.node());
+            self.unbounded = node.map(|n| (n, std::time::Instant::now()));
         }
     }
 

@@ -187,7 +187,7 @@ async fn tags_until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> Str
 /// answer before its next query. That read unit is checked on a replica behind the
 /// session's floor and re-run on the primary. A `SHOW pgrelay.*` pipelined behind it
 /// must still be answered after it, even when the replica's answers arrive in two
-/// reads: up to the swallowed unit's ReadyForQuery, then the ReplayAfter query's.
+/// reads.
 #[tokio::test]
 async fn pgrelay_command_waits_for_a_unit_being_retried() {
     let primary = Script {
@@ -196,8 +196,9 @@ async fn pgrelay_command_waits_for_a_unit_being_retried() {
     };
     let replica = Script {
         lsn: "0/500",
-        // The check, then (after the swallowed unit) the position read after it.
-        pause_before_query: Some((2, Duration::from_millis(200))),
+        // The replica's answers arrive in two reads: the statement it prepared for
+        // pgrelay, then (after a pause) the check and the swallowed unit.
+        pause_before_query: Some((1, Duration::from_millis(200))),
     };
     let mut client = session(primary, replica).await;
     let mut batch = BytesMut::new();
