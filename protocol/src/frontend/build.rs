@@ -66,20 +66,6 @@ pub fn build_run_prepared(name: &str, sql: Option<&str>) -> Result<Bytes, Decode
     Ok(buf.freeze())
 }
 
-/// Prepare statement `name` (no parameter types given) and Sync, without running it.
-pub fn build_prepare(name: &str, sql: &str) -> Result<Bytes, DecodeError> {
-    check_name(name)?;
-    check_name(sql)?;
-    let mut buf = BytesMut::with_capacity(16 + name.len() + sql.len());
-    write_message(&mut buf, Some(b'P'), |b| {
-        put_cstr(b, name.as_bytes());
-        put_cstr(b, sql.as_bytes());
-        b.extend_from_slice(&0u16.to_be_bytes());
-    });
-    buf.extend_from_slice(&build_sync());
-    Ok(buf.freeze())
-}
-
 /// Close of a prepared statement (kind 'S').
 pub fn build_close_statement(name: &str) -> Result<Bytes, DecodeError> {
     check_name(name)?;
@@ -148,9 +134,6 @@ mod tests {
         );
         run(&mut b);
         assert_eq!(build_run_prepared("s1", None).unwrap(), b.split().freeze());
-        pp::parse("s1", "select 1", std::iter::empty(), &mut b).unwrap();
-        pp::sync(&mut b);
-        assert_eq!(build_prepare("s1", "select 1").unwrap(), b.split().freeze());
         pp::cancel_request(7, 0x01020304, &mut b);
         assert_eq!(build_cancel_request(7, &[1, 2, 3, 4]), b.split().freeze());
         pp::startup_message([("user", "u"), ("database", "d")], &mut b).unwrap();

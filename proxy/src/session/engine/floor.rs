@@ -210,28 +210,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         true
     }
 
-    /// A replica leased for reads at a level that keeps the floor: its replay position
-    /// will be read after each read, often inside the client's transaction, where a
-    /// statement that fails must harm nothing. So the statement is prepared here, while
-    /// the connection is idle, once per connection, and every later read of the position
-    /// is a Bind/Execute of it (no parsing or planning per read; one that fails in an
-    /// aborted transaction is just an error).
-    pub(super) fn prepare_replay_query(&mut self) -> Result<(), ClientError> {
-        let Some(conn) = self.lease.as_mut().map(|l| l.conn()) else {
-            return Ok(());
-        };
-        if std::mem::replace(&mut conn.own_prepared[1], true) {
-            return Ok(());
-        }
-        self.wbuf
-            .extend_from_slice(&protocol::frontend::build_prepare(
-                REPLAY_LSN_NAME,
-                REPLAY_LSN_SQL,
-            )?);
-        self.exp.push(Expect::Hidden(Hidden::Query));
-        Ok(())
-    }
-
     /// Send one of pgrelay's WAL-position queries. Known to run outside a transaction
     /// (`prepared`), it is a statement prepared once per backend (no parsing or planning
     /// after the first); where the client's transaction may be open (and may have

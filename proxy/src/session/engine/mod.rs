@@ -810,9 +810,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// holds beyond its limit, and bring its settings into line with the session's.
     /// Both are hidden from the client and cost a round trip only when needed.
     fn prepare_backend(&mut self) -> Result<(), ClientError> {
-        if matches!(self.route, Some(Route::Replica(_))) && self.level.tracks_floor() {
-            self.prepare_replay_query()?;
-        }
         self.evict_statements()?;
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());

@@ -196,8 +196,8 @@ async fn pgrelay_command_waits_for_a_unit_being_retried() {
     };
     let replica = Script {
         lsn: "0/500",
-        // The replica's answers arrive in two reads: the statement it prepared for
-        // pgrelay, then (after a pause) the check and the swallowed unit.
+        // The check's answer comes late: the SHOW pipelined behind the unit must wait
+        // for it, and for the unit re-run on the primary.
         pause_before_query: Some((1, Duration::from_millis(200))),
     };
     let mut client = session(primary, replica).await;
