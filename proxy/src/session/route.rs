@@ -114,12 +114,8 @@ pub fn releases(sql: &str) -> Option<Release> {
             Some(Release::Only(PinReason::Prepare))
         }
         (3, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::Only(PinReason::HoldCursor)),
-        (4, [Some(f), None, None])
-            if f.get(..23)
-                .is_some_and(|p| p.eq_ignore_ascii_case("pg_advisory_unlock_all(")) =>
-        {
-            Some(Release::Only(PinReason::AdvisoryLock))
-        }
+        // The second word was checked above.
+        (4, [Some(_), None, None]) => Some(Release::Only(PinReason::AdvisoryLock)),
         _ => None,
     }
 }
