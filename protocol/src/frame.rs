@@ -100,6 +100,67 @@ pub fn parse_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
+    let total = checked_total(header, max_len)?;
+    if buf.len() < total {
+        // Reserve only a bounded step: a 5-byte header must not make us allocate the
+        // whole claimed length before the peer has actually sent it.
+        buf.reserve((total - buf.len()).min(RESERVE_STEP));
+        return Ok(None);
+    }
+    let bytes = buf.split_to(total).freeze();
+    Ok(Some(Frame { bytes }))
+}
+
+/// The whole message at the front of `buf`, found without cutting it out: a caller that
+/// only forwards can copy a run of messages at once instead of making a [`Frame`] of
+/// each. `Ok(None)` when the message is not all there (then [`parse_frame`] reserves
+/// room for it). Validates the length exactly as [`parse_frame`] does.
+pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<Peeked>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = checked_total(header, max_len)?;
+    let mut h = [0; HEADER_LEN];
+    h.copy_from_slice(header);
+    Ok((buf.len() >= len).then_some(Peeked { header: h, len }))
+}
+
+/// A whole, valid message seen at the front of a buffer by [`peek_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked {
+    header: [u8; HEADER_LEN],
+    len: usize,
+}
+
+impl Peeked {
+    pub fn tag(&self) -> u8 {
+        self.header[0]
+    }
+
+    /// Length on the wire, header included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (the header is always there); for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Cuts the message out of `buf`, whose front it must still be (`None` otherwise):
+    /// the length was validated when it was peeked.
+    pub fn cut(self, buf: &mut BytesMut) -> Option<Frame> {
+        if buf.len() < self.len || buf.get(..HEADER_LEN) != Some(&self.header[..]) {
+            return None;
+        }
+        Some(Frame {
+            bytes: buf.split_to(self.len).freeze(),
+        })
+    }
+}
+
+/// The wire length of the message whose 5-byte header is `header`, if valid.
+fn checked_total(header: &[u8], max_len: usize) -> Result<usize, FrameError> {
     let tag = header[0];
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
@@ -112,15 +173,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     if len_usize > max {
         return Err(FrameError::TooLarge { tag, len, max });
     }
-    let total = len_usize + 1;
-    if buf.len() < total {
-        // Reserve only a bounded step: a 5-byte header must not make us allocate the
-        // whole claimed length before the peer has actually sent it.
-        buf.reserve((total - buf.len()).min(RESERVE_STEP));
-        return Ok(None);
-    }
-    let bytes = buf.split_to(total).freeze();
-    Ok(Some(Frame { bytes }))
+    Ok(len_usize + 1)
 }
 
 /// Skips `n` already-inspected bytes; shared by the startup parser.
@@ -242,6 +295,26 @@ mod tests {
             assert_eq!(e, c.err, "{}", c.name);
             assert_eq!(left, c.left, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn peeked_cuts_only_its_own_message() {
+        let whole = b"Q\0\0\0\x06a\0S\0\0\0\x04";
+        let p = peek_frame(whole, 100).unwrap().unwrap();
+        assert_eq!((p.tag(), p.len()), (b'Q', 7));
+        let cases: [(&[u8], bool); 4] = [
+            (whole, true),
+            (&whole[..6], false),       // shorter than the message
+            (b"Q\0\0\0\x05a\0", false), // another length field
+            (&whole[7..], false),       // another message
+        ];
+        for (bytes, cuts) in cases {
+            let mut buf = BytesMut::from(bytes);
+            assert_eq!(p.cut(&mut buf).is_some(), cuts, "{bytes:?}");
+            assert_eq!(buf.len(), bytes.len() - if cuts { 7 } else { 0 });
+        }
+        assert_eq!(peek_frame(&whole[..6], 100), Ok(None));
+        assert!(peek_frame(b"Q\0\0\0\x02", 100).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub use backend::{
     error_response, notice_response, AuthRequest, ErrorFields, ErrorMessage, Severity, TxStatus,
 };
 pub use decode::DecodeError;
-pub use frame::{parse_frame, Frame, FrameError};
+pub use frame::{parse_frame, peek_frame, Frame, FrameError, Peeked};
 pub use frontend::{Bind, Execute, ObjectKind, Parse, Target};
 pub use startup::{parse_startup, StartupError, StartupMessage, StartupRequest};
 

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use protocol::{backend, frontend, parse_frame, parse_startup, Frame, FrameError};
+use protocol::{backend, frontend, parse_frame, parse_startup, peek_frame, Frame, FrameError};
 
 const MAX: usize = 4096;
 
@@ -99,6 +99,28 @@ proptest! {
             let joined: Vec<u8> = whole.0.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
             prop_assert_eq!(&joined[..], &input[..joined.len()]);
         }
+    }
+
+    #[test]
+    fn peeking_agrees_with_framing(input in any_stream()) {
+        // Walking the stream by peeked lengths finds the same messages, and the same
+        // error, as cutting frames out of it.
+        let (frames, err) = frame_all(&input, &[usize::MAX]);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut cut = Vec::new();
+        let peek_err = loop {
+            match peek_frame(&buf, MAX) {
+                Ok(Some(p)) => {
+                    let f = p.cut(&mut buf).expect("the peeked message is at the front");
+                    prop_assert_eq!((f.tag(), f.len()), (p.tag(), p.len()));
+                    cut.push(f);
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        prop_assert_eq!(cut, frames);
+        prop_assert_eq!(peek_err, err);
     }
 
     #[test]

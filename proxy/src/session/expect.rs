@@ -237,6 +237,22 @@ impl Expectations {
         out
     }
 
+    /// Would [`Self::on_backend`] only forward this message, changing nothing? Then the
+    /// caller may pass it on without looking at it: the rows and row descriptions that
+    /// are most of what a backend sends.
+    pub fn passes(&self, tag: u8) -> bool {
+        let ends = match self.queue.front() {
+            Some(Expect::Parse { forward: true, .. }) => tag == b'1',
+            Some(Expect::Bind) => tag == b'2',
+            Some(Expect::Describe) => matches!(tag, b'T' | b'n'),
+            Some(Expect::Execute) => matches!(tag, b'C' | b'I' | b's'),
+            Some(Expect::Close) => tag == b'3',
+            Some(Expect::Sync | Expect::Query) => tag == b'Z',
+            _ => return false,
+        };
+        !ends && !matches!(tag, b'E' | b'G' | b'S' | b'Z')
+    }
+
     /// Account for one message from the backend.
     pub fn on_backend(&mut self, tag: u8) -> Outcome {
         let mut out = Outcome {
@@ -564,5 +580,84 @@ mod hidden_tests {
             .collect();
         assert_eq!(seen, ['2', 'Z']);
         assert!(e.is_empty());
+    }
+
+    fn any_expect() -> impl proptest::strategy::Strategy<Value = Expect> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(|forward| Expect::Parse {
+                prepared: Some("s".into()),
+                forward
+            }),
+            Just(Expect::Bind),
+            Just(Expect::Describe),
+            Just(Expect::Execute),
+            Just(Expect::Close),
+            Just(Expect::Sync),
+            Just(Expect::Query),
+            Just(Expect::Synth(Bytes::from_static(b"x"))),
+            Just(Expect::Hidden(Hidden::Query)),
+            Just(Expect::Hidden(Hidden::Capture)),
+            Just(Expect::Hidden(Hidden::Close)),
+            Just(Expect::Hidden(Hidden::WriteLsn)),
+            Just(Expect::CopyEnd),
+            Just(Expect::Named {
+                client: "c".into(),
+                id: 1
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A message `passes` only if `on_backend` would forward it and change nothing,
+        /// whatever the queue: the fast path can never skip bookkeeping.
+        #[test]
+        fn passing_messages_change_nothing(
+            queue in proptest::collection::vec(any_expect(), 0..5),
+            tags in proptest::collection::vec(
+                proptest::sample::select(b"123nstTDCIsEGZSNAdcHWV".to_vec()), 1..12),
+        ) {
+            let mut exp = Expectations::default();
+            for e in queue {
+                exp.push(e);
+            }
+            for tag in tags {
+                let before = exp.queue.clone();
+                let (skipping, copy_in) = (exp.skipping, exp.copy_in);
+                let passes = exp.passes(tag);
+                let o = exp.on_backend(tag);
+                if passes {
+                    proptest::prop_assert_eq!(&o, &Outcome { forward: true, ..Outcome::default() });
+                    proptest::prop_assert_eq!(&exp.queue, &before);
+                    proptest::prop_assert_eq!((exp.skipping, exp.copy_in), (skipping, copy_in));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_pass_and_their_query_s_end_does_not() {
+        let mut exp = Expectations::default();
+        exp.push(Expect::Query);
+        for (tag, passes) in [
+            (b'T', true),
+            (b'D', true),
+            (b'C', true),
+            (b'N', true),
+            (b'S', false),
+            (b'E', false),
+            (b'Z', false),
+        ] {
+            assert_eq!(exp.passes(tag), passes, "{}", tag as char);
+        }
+        // The engine reads these itself whatever they answer.
+        let mut bind = Expectations::default();
+        bind.push(Expect::Bind);
+        for tag in [b'Z', b'S', b'E'] {
+            assert!(!bind.passes(tag), "{}", tag as char);
+        }
+        exp.push(Expect::Hidden(Hidden::WriteLsn));
+        exp.on_backend(b'Z');
+        assert!(!exp.passes(b'D'), "a hidden query's row is pgrelay's own");
     }
 }

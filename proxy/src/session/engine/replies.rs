@@ -11,10 +11,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             let Some(lease) = self.lease.as_mut() else {
                 return Ok(());
             };
-            let Some(frame) =
-                protocol::parse_frame(&mut lease.conn().rbuf, self.ctx.backend_max_message)
-                    .map_err(|e| ClientError::Backend(e.into()))?
-            else {
+            // Messages that need no bookkeeping (rows, mostly) go on in one copy, with
+            // no frame cut out of the buffer for each.
+            let max = self.ctx.backend_max_message;
+            let rbuf = &mut lease.conn().rbuf;
+            let mut run = 0;
+            let next = loop {
+                match protocol::peek_frame(&rbuf[run..], max) {
+                    Ok(Some(p)) if self.retrying.is_none() && self.exp.passes(p.tag()) => {
+                        run += p.len();
+                    }
+                    next => break next,
+                }
+            };
+            if run > 0 {
+                self.out.extend_from_slice(&rbuf[..run]);
+                bytes::Buf::advance(rbuf, run);
+            }
+            let frame = match next.map_err(|e| ClientError::Backend(e.into()))? {
+                Some(p) => p.cut(rbuf),
+                // Not all there: room is made for the rest of it.
+                None => {
+                    protocol::parse_frame(rbuf, max).map_err(|e| ClientError::Backend(e.into()))?
+                }
+            };
+            let Some(frame) = frame else {
                 break;
             };
             let tag = frame.tag();
