@@ -151,13 +151,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 due = self.exp.push(Expect::Sync);
             }
             b'Q' => {
-                let sql = protocol::frontend::query(&f)?;
-                let class = class.unwrap_or_else(|| router::classify(sql));
+                // Classified already (so checked to be UTF-8) unless it came straight on.
+                let sql = protocol::frontend::query_bytes(&f)?;
+                let class = match class {
+                    Some(class) => class,
+                    None => router::classify(protocol::frontend::query(&f)?),
+                };
                 writes = matches!(class, Class::Write | Class::Pin(_));
                 match class {
                     Class::Pin(r) => pin = Some(r),
                     Class::Session => {
                         self.settings_dirty = true;
+                        let sql = protocol::frontend::query(&f)?;
                         self.custom_names.extend(super::settings::custom_names(sql));
                     }
                     _ => {}
@@ -272,8 +277,8 @@ fn ensure_prepared(
 
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server. Any
 /// DISCARD or DEALLOCATE is treated so: being wrong only costs a re-prepare.
-fn drops_statements(sql: &str) -> bool {
-    let head = sql.trim_start().as_bytes();
+fn drops_statements(sql: &[u8]) -> bool {
+    let head = sql.trim_ascii_start();
     let starts = |kw: &str| {
         head.get(..kw.len())
             .is_some_and(|h| h.eq_ignore_ascii_case(kw.as_bytes()))
@@ -295,7 +300,7 @@ mod tests {
             ("", false),
             ("é", false),
         ] {
-            assert_eq!(super::drops_statements(sql), want, "{sql:?}");
+            assert_eq!(super::drops_statements(sql.as_bytes()), want, "{sql:?}");
         }
     }
 }
