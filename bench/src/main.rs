@@ -15,7 +15,7 @@ mod targets;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cluster::{Cluster, ClusterConfig};
-use pgbench::{Outcome, Pgbench};
+use pgbench::{Outcome, Pgbench, Round};
 use report::{Cell, Target, Workload};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,10 +34,16 @@ struct Opts {
     /// Output folder (default: bench/out/<UTC timestamp>).
     #[arg(long, env = "BENCH_OUT")]
     out: Option<PathBuf>,
-    /// pgbench -T seconds per cell (default 12; 3 with --quick). Cells of 500+ clients
-    /// get 15 s more (10 with --quick), as pgbench's clock also runs while they log in.
+    /// pgbench seconds per cell (default 12; 3 with --quick), split over the rounds.
+    /// Cells of 500+ clients run once, 15 s more (10 with --quick), as pgbench's clock
+    /// also runs while they log in.
     #[arg(long, env = "BENCH_SECONDS")]
     seconds: Option<u64>,
+    /// The targets of a workload take turns this many times (default 3; 1 with
+    /// --quick), each run -T seconds/rounds: a slow spell of a shared machine then falls
+    /// on every target, not on whichever ran during it.
+    #[arg(long, env = "BENCH_ROUNDS")]
+    rounds: Option<u64>,
     /// Smoke test: fewer cells, short runs, 1,000 idle sessions.
     #[arg(long)]
     quick: bool,
@@ -119,6 +125,7 @@ fn run() -> Result<()> {
     let began = Instant::now();
     let (dir_stamp, human_stamp) = sys::stamps();
     let seconds = opts.seconds.unwrap_or(if opts.quick { 3 } else { 12 });
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
     let warmup = if opts.quick { 1 } else { 3 };
     let connect_allowance = if opts.quick { 10 } else { 15 };
     let idle_sessions = opts
@@ -156,7 +163,7 @@ fn run() -> Result<()> {
         + 30
         + idle_sessions as u64 / 500;
     println!(
-        "pgrelay-bench: {cells_total} cells of pgbench -T {seconds}, then {idle_sessions} idle sessions; about {} min",
+        "pgrelay-bench: {cells_total} cells of {seconds} s of pgbench ({rounds} rounds), then {idle_sessions} idle sessions; about {} min",
         estimate.div_ceil(60)
     );
     println!("  output: {}", out.display());
@@ -267,29 +274,49 @@ fn run() -> Result<()> {
                 )
                 .context("reset pgbench_history")?;
         }
-        for t in Target::ALL {
-            let mut cpu_before = None;
-            let outcome = match port_of(t) {
-                Err(why) => Outcome::Skipped(why),
-                Ok(_) if t == Target::Direct && w.clients > direct_limit => {
-                    Outcome::Skipped(format!(
+        // The targets take turns, `rounds` times; many-client cells run once, as their
+        // clients take seconds to log in.
+        let (rounds, seconds) = if w.clients >= 500 {
+            (1, seconds + connect_allowance)
+        } else {
+            (rounds, (seconds / rounds).max(1))
+        };
+        let mut runs: Vec<Vec<Round>> = vec![Vec::new(); Target::ALL.len()];
+        let mut cpu: Vec<Option<u64>> = vec![Some(0); Target::ALL.len()];
+        let mut skipped: Vec<Option<String>> = vec![None; Target::ALL.len()];
+        for round in 0..rounds {
+            for (i, t) in Target::ALL.into_iter().enumerate() {
+                let port = match port_of(t) {
+                    Err(why) => Err(why),
+                    Ok(_) if t == Target::Direct && w.clients > direct_limit => Err(format!(
                         "PostgreSQL here has max_connections = {max_connections} (and the poolers hold up to {} of them)",
                         3 * opts.pool_size
-                    ))
-                }
-                Ok(port) => {
-                    cpu_before = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
-                    // pgbench's -T clock runs while it connects: give many-client cells
-                    // time to log in (SCRAM) on top of the measured duration.
-                    let seconds = if w.clients >= 500 {
-                        seconds + connect_allowance
-                    } else {
-                        seconds
-                    };
-                    let name = format!("{}-{}-{}-{}", w.script, w.mode, w.clients, t.key());
-                    let dir = scratch.path().join(&name);
-                    pgbench.run(port, &w.args(), seconds, &dir, Some(&logs.join(name)))
-                }
+                    )),
+                    Ok(port) => Ok(port),
+                };
+                let port = match port {
+                    Ok(port) => port,
+                    Err(why) => {
+                        skipped[i] = Some(why);
+                        continue;
+                    }
+                };
+                let before = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
+                let name = format!("{}-{}-{}-{}-{round}", w.script, w.mode, w.clients, t.key());
+                let dir = scratch.path().join(&name);
+                let r = pgbench.run(port, &w.args(), seconds, &dir, Some(&logs.join(name)));
+                let after = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
+                cpu[i] = match (cpu[i], before, after) {
+                    (Some(sum), Some(a), Some(b)) => Some(sum + b.saturating_sub(a)),
+                    _ => None,
+                };
+                runs[i].push(r);
+            }
+        }
+        for (i, t) in Target::ALL.into_iter().enumerate() {
+            let outcome = match skipped[i].take() {
+                Some(why) => Outcome::Skipped(why),
+                None => pgbench::merge_rounds(std::mem::take(&mut runs[i])),
             };
             println!(
                 "  [{:>2}/{cells_total}] {:<20} c={:<4} {:<22} {}",
@@ -299,10 +326,9 @@ fn run() -> Result<()> {
                 t.label(),
                 brief(&outcome)
             );
-            let cpu_after = pid_of(t).and_then(|p| sys::cpu_micros(p).ok());
-            let proxy_cpu_us = match (&outcome, cpu_before, cpu_after) {
-                (Outcome::Ok(f), Some(a), Some(b)) if f.transactions > 0 => {
-                    Some(b.saturating_sub(a) as f64 / f.transactions as f64)
+            let proxy_cpu_us = match (&outcome, cpu[i]) {
+                (Outcome::Ok(f), Some(micros)) if f.transactions > 0 && pid_of(t).is_some() => {
+                    Some(micros as f64 / f.transactions as f64)
                 }
                 _ => None,
             };
@@ -348,6 +374,7 @@ fn run() -> Result<()> {
     let ctx = RunInfo {
         human_stamp,
         seconds,
+        rounds,
         connect_allowance,
         scale: opts.scale,
         pool_size: opts.pool_size,
@@ -558,6 +585,7 @@ fn git_rev() -> String {
 struct RunInfo {
     human_stamp: String,
     seconds: u64,
+    rounds: u64,
     connect_allowance: u64,
     scale: u32,
     pool_size: u32,
@@ -585,9 +613,11 @@ fn markdown(
         md,
         "One machine ({} cores) runs everything: a PostgreSQL {} primary and 2 streaming \
          replicas (the `cluster` crate: fsync off, shared_buffers 32MB, max_connections {}), \
-         the proxies and pgbench. pgbench -i -s {}, each cell `pgbench -T {} -n -j 2` as the \
-         app user (SCRAM; the 1000-client cells get {} s more, since pgbench's clock runs \
-         while its clients log in, which TPS excludes). Targets: PostgreSQL's primary directly; pgrelay ({}) in front of \
+         the proxies and pgbench. pgbench -i -s {}, each cell {} s of `pgbench -n -j 2` as the \
+         app user (SCRAM), in {} rounds of `-T {}`: the targets of a workload take turns, so \
+         that a slow spell of the machine falls on all of them (the 1000-client cells run \
+         once, {} s more, since pgbench's clock runs while its clients log in, which TPS \
+         excludes). Targets: PostgreSQL's primary directly; pgrelay ({}) in front of \
          the primary alone (the cost of the proxy hop) and in front of the 1+2 cluster with \
          routing (`routing.consistency: session`; reads go to the replicas, which share the \
          same cores); PgBouncer ({}) in `pool_mode = transaction` in front of the primary. \
@@ -599,6 +629,8 @@ fn markdown(
         c.max_connections,
         c.scale,
         c.seconds,
+        c.rounds,
+        (c.seconds / c.rounds).max(1),
         c.connect_allowance,
         c.pgrelay_rev,
         c.pgbouncer,

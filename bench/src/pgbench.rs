@@ -85,10 +85,10 @@ impl Pgbench {
         seconds: u64,
         dir: &Path,
         save_failed: Option<&Path>,
-    ) -> Outcome {
-        let outcome = match self.try_run(port, args, seconds, dir) {
-            Ok(o) => o,
-            Err(e) => Outcome::Failed(format!("{e:#}")),
+    ) -> Round {
+        let (outcome, latencies_us) = match self.try_run(port, args, seconds, dir) {
+            Ok(r) => r,
+            Err(e) => (Outcome::Failed(format!("{e:#}")), Vec::new()),
         };
         if let (Outcome::Failed(_), Some(to)) = (&outcome, save_failed) {
             for ext in ["out", "err"] {
@@ -99,10 +99,19 @@ impl Pgbench {
             }
         }
         let _ = std::fs::remove_dir_all(dir);
-        outcome
+        Round {
+            outcome,
+            latencies_us,
+        }
     }
 
-    fn try_run(&self, port: u16, args: &[String], seconds: u64, dir: &Path) -> Result<Outcome> {
+    fn try_run(
+        &self,
+        port: u16,
+        args: &[String],
+        seconds: u64,
+        dir: &Path,
+    ) -> Result<(Outcome, Vec<u64>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let stdout = dir.join("pgbench.out");
         let mut child = self
@@ -125,7 +134,7 @@ impl Pgbench {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(Outcome::Failed(format!(
+                return Ok(failed(format!(
                     "pgbench still running {}s past -T {seconds}; killed",
                     GRACE.as_secs()
                 )));
@@ -145,32 +154,79 @@ impl Pgbench {
             None
         };
         if let Some(problem) = problem {
-            return Ok(Outcome::Failed(format!("{problem}: {}", first_error(&err))));
+            return Ok(failed(format!("{problem}: {}", first_error(&err))));
         }
         if summary.transactions == Some(0) {
-            return Ok(Outcome::Failed(format!(
+            return Ok(failed(format!(
                 "no transaction completed within -T {seconds} (connecting the clients took longer?)"
             )));
         }
         let (Some(tps), Some(avg_ms), Some(transactions)) =
             (summary.tps, summary.avg_ms, summary.transactions)
         else {
-            return Ok(Outcome::Failed(format!(
+            return Ok(failed(format!(
                 "no figures in pgbench output: {}",
                 first_error(&format!("{out}{err}"))
             )));
         };
         let mut lat = read_latencies(dir)?;
         lat.sort_unstable();
-        Ok(Outcome::Ok(Figures {
+        let figures = Figures {
             tps,
             avg_ms,
             p50_ms: quantile_ms(&lat, 0.50),
             p99_ms: quantile_ms(&lat, 0.99),
             transactions,
             connect_ms: summary.connect_ms.unwrap_or(f64::NAN),
-        }))
+        };
+        Ok((Outcome::Ok(figures), lat))
     }
+}
+
+fn failed(why: String) -> (Outcome, Vec<u64>) {
+    (Outcome::Failed(why), Vec::new())
+}
+
+/// One pgbench run: its figures, and its per-transaction latencies (µs, sorted) for
+/// merging with the other rounds of the same cell.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub outcome: Outcome,
+    pub latencies_us: Vec<u64>,
+}
+
+/// One cell's figures from its rounds: the targets of a workload take turns, a few
+/// seconds each, so that a slow spell of a shared machine falls on all of them rather
+/// than on whichever ran then. TPS is all transactions over all measured time, the
+/// average is weighted by transactions, p50/p99 come from every round's log. A failed
+/// round fails the cell.
+pub fn merge_rounds(rounds: Vec<Round>) -> Outcome {
+    let mut all = Vec::new();
+    let (mut tx, mut secs, mut lat_sum, mut connect) = (0u64, 0.0, 0.0, 0.0);
+    let n = rounds.len();
+    for r in rounds {
+        let f = match r.outcome {
+            Outcome::Ok(f) => f,
+            other => return other,
+        };
+        tx += f.transactions;
+        secs += f.transactions as f64 / f.tps;
+        lat_sum += f.avg_ms * f.transactions as f64;
+        connect += f.connect_ms;
+        all.extend(r.latencies_us);
+    }
+    if n == 0 || tx == 0 {
+        return Outcome::Failed("no round completed a transaction".into());
+    }
+    all.sort_unstable();
+    Outcome::Ok(Figures {
+        tps: tx as f64 / secs,
+        avg_ms: lat_sum / tx as f64,
+        p50_ms: quantile_ms(&all, 0.50),
+        p99_ms: quantile_ms(&all, 0.99),
+        transactions: tx,
+        connect_ms: connect / n as f64,
+    })
 }
 
 /// The most telling line of pgbench's stderr.
@@ -296,6 +352,41 @@ tps = 12345.678901 (without initial connection time)
         assert_eq!(quantile_ms(&hundred, 0.99), 99.0);
         assert_eq!(quantile_ms(&[7000], 0.99), 7.0);
         assert!(quantile_ms(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn rounds_merge_by_transactions() {
+        let round = |tps: f64, avg_ms: f64, transactions: u64, lat: &[u64]| Round {
+            outcome: Outcome::Ok(Figures {
+                tps,
+                avg_ms,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                transactions,
+                connect_ms: 2.0,
+            }),
+            latencies_us: lat.to_vec(),
+        };
+        // 1,000 tx in 1 s, then 3,000 tx in 1 s: 2,000 tps; the average weighs the
+        // second round three times.
+        let Outcome::Ok(f) = merge_rounds(vec![
+            round(1000.0, 4.0, 1000, &[4000, 4000]),
+            round(3000.0, 2.0, 3000, &[1000, 2000, 3000]),
+        ]) else {
+            panic!("merged rounds failed");
+        };
+        assert_eq!(f.tps, 2000.0);
+        assert_eq!(f.avg_ms, 2.5);
+        assert_eq!(f.transactions, 4000);
+        assert_eq!((f.p50_ms, f.p99_ms), (3.0, 4.0));
+        assert_eq!(f.connect_ms, 2.0);
+        let bad = Round {
+            outcome: Outcome::Failed("boom".into()),
+            latencies_us: Vec::new(),
+        };
+        let merged = merge_rounds(vec![round(1.0, 1.0, 1, &[1]), bad]);
+        assert!(matches!(merged, Outcome::Failed(why) if why == "boom"));
+        assert!(matches!(merge_rounds(Vec::new()), Outcome::Failed(_)));
     }
 
     #[test]
