@@ -719,6 +719,83 @@ async fn last_write_lsn_lies_past_each_committed_write() {
     assert!(shown.windows(2).all(|w| w[0].2 < w[1].2) && last <= after_read);
 }
 
+/// A write that leaves the backend idle has its position asked in the same write as the
+/// write itself; a guess that turns out wrong never counts. Here the client sends BEGIN
+/// and an INSERT in one write (pgrelay, which has not seen BEGIN's answer yet, takes
+/// the session for idle and asks for a position right after the INSERT, inside the
+/// transaction): that position must not become the token, which must lie past the
+/// commit, and the read after the commit must see the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_position_read_inside_a_transaction_never_counts() {
+    use tests_integration::raw::{message, Raw};
+    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    let env = start_with(delayed(2), tests_integration::trust).await;
+    setup(&env, "CREATE TABLE piped (id int)").await;
+    let direct = env.connect_direct(0).await;
+    let mut raw = Raw::login(env.port(), cluster::APP_USER, cluster::APP_DB).await;
+    let asked = || {
+        env.proxy
+            .shared
+            .ryw
+            .write_lsn_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The text of the first column of the first DataRow of a simple query's answer.
+    async fn first_value(raw: &mut Raw, sql: &str) -> String {
+        raw.send(&message(b'Q', &[sql.as_bytes(), b"\0"].concat()))
+            .await;
+        let msgs = raw.until_ready().await;
+        let row = msgs
+            .iter()
+            .find(|m| m.tag == b'D')
+            .unwrap_or_else(|| panic!("{sql}: no row"));
+        let len = i32::from_be_bytes(row.body[2..6].try_into().expect("length")) as usize;
+        String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
+    }
+    for i in 0..5 {
+        let before = asked();
+        let both = [
+            query("BEGIN"),
+            query(&format!("INSERT INTO piped VALUES ({i})")),
+        ]
+        .concat();
+        raw.send(&both).await;
+        for what in ["BEGIN", "INSERT"] {
+            let answer = raw.until_ready().await;
+            assert!(
+                answer.iter().all(|m| m.tag != b'E')
+                    && answer.last().is_some_and(|m| m.tag == b'Z'),
+                "round {i}: {what} failed: {answer:?}"
+            );
+        }
+        // Past the INSERT, before the COMMIT: a position asked inside the transaction
+        // is at most this.
+        let mid = insert_lsn(&direct).await;
+        raw.send(&query("COMMIT")).await;
+        raw.until_ready().await;
+        let token = lsn(&first_value(&mut raw, "SHOW pgrelay.last_write_lsn").await);
+        assert!(
+            token > mid,
+            "round {i}: token {token:X} not past the commit (the primary was at {mid:X} before it)"
+        );
+        let seen = first_value(
+            &mut raw,
+            &format!("SELECT count(*) FROM piped WHERE id = {i}"),
+        )
+        .await;
+        assert_eq!(seen, "1", "round {i}: the write is not visible");
+        // The guess inside the transaction, then the COMMIT's own.
+        assert_eq!(asked(), before + 2, "round {i}: positions asked");
+    }
+    // An autocommit write asks once, with the write.
+    let before = asked();
+    raw.send(&query("INSERT INTO piped VALUES (100)")).await;
+    raw.until_ready().await;
+    let seen = first_value(&mut raw, "SELECT count(*) FROM piped WHERE id = 100").await;
+    assert_eq!(seen, "1");
+    assert_eq!(asked(), before + 1, "one position per autocommit write");
+}
+
 /// A read-only transaction begun on a replica that turns out to be behind the session's
 /// floor runs again on the primary, unseen. Its BEGIN did run on the replica, though: the
 /// replica's connection must not go back to the pool inside that transaction. (Whoever

@@ -9,6 +9,7 @@ pub mod route;
 pub mod settings;
 pub mod startup;
 pub mod statements;
+pub mod tx_effect;
 
 use crate::cancel::CancelRegistry;
 use crate::config::AuthMethod;

@@ -217,6 +217,7 @@ mod tests {
                 name.into(),
                 bytes::Bytes::new(),
                 classify(sql),
+                crate::session::tx_effect::tx_effect(sql.as_bytes()),
             );
             stmts.insert(name, stmt);
         }

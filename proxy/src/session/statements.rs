@@ -6,6 +6,7 @@
 //! for different SQL can never collide on a shared backend. Clients that prepare the same
 //! SQL share one server-side statement.
 
+use super::tx_effect::TxEffect;
 use bytes::Bytes;
 use router::Class;
 use sha2::{Digest, Sha256};
@@ -26,15 +27,23 @@ pub struct Statement {
     /// The Parse message to send to a backend that lacks the statement (already renamed).
     pub parse: Bytes,
     pub class: Class,
+    /// What it does to the transaction block (see `tx_effect`).
+    pub tx_effect: TxEffect,
 }
 
 impl Statement {
-    pub fn new(backend_name: Box<str>, parse: Bytes, class: Class) -> Arc<Self> {
+    pub fn new(
+        backend_name: Box<str>,
+        parse: Bytes,
+        class: Class,
+        tx_effect: TxEffect,
+    ) -> Arc<Self> {
         Arc::new(Statement {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             backend_name,
             parse,
             class,
+            tx_effect,
         })
     }
 
@@ -132,8 +141,13 @@ mod tests {
     #[test]
     fn named_and_unnamed_slots_are_separate() {
         let mut s = Statements::default();
-        let named = Statement::new(backend_name("SELECT 1", b""), Bytes::new(), Class::Read);
-        let unnamed = Statement::new("".into(), Bytes::new(), Class::Write);
+        let named = Statement::new(
+            backend_name("SELECT 1", b""),
+            Bytes::new(),
+            Class::Read,
+            TxEffect::Neither,
+        );
+        let unnamed = Statement::new("".into(), Bytes::new(), Class::Write, TxEffect::Neither);
         s.insert("s1", named.clone());
         s.insert("", unnamed.clone());
         assert_eq!(s.len(), 2);

@@ -290,17 +290,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// A WAL position arrived for one of pgrelay's queries.
     pub(super) fn on_lsn(&mut self, kind: Hidden, lsn: Lsn) {
         match kind {
-            Hidden::WriteLsn => {
-                self.floor = self.floor.max(lsn);
-                // Asked after the reads left unbounded then: the primary's position is
-                // past anything they saw.
-                if self.unbounded == self.write_lsn_covers {
-                    self.unbounded = None;
-                }
-                if self.global == GlobalProbe::Asking {
-                    self.global = GlobalProbe::Ready;
-                }
-            }
+            // Counts once its ReadyForQuery shows the backend idle (`lsn_query_done`).
+            Hidden::WriteLsn => self.write_lsn = Some(lsn),
             Hidden::ReplayCheck | Hidden::ReplayAfter => {
                 self.note_replay(lsn);
                 if kind == Hidden::ReplayCheck {
@@ -329,6 +320,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) fn lsn_query_done(&mut self, kind: Hidden) {
         if kind == Hidden::WriteLsn {
             self.learning_write = false;
+            let idle = self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.conn_ref().tx == TxStatus::Idle);
+            match self.write_lsn.take() {
+                Some(lsn) if idle => {
+                    self.floor = self.floor.max(lsn);
+                    // Asked after the reads left unbounded then: the primary's position
+                    // is past anything they saw.
+                    if self.unbounded == self.write_lsn_covers {
+                        self.unbounded = None;
+                    }
+                    if self.global == GlobalProbe::Asking {
+                        self.global = GlobalProbe::Ready;
+                    }
+                    return;
+                }
+                // Asked with a statement that left a transaction open after all: the
+                // transaction's commit is still to come, so ask again once it is over.
+                Some(_) => self.wrote = true,
+                None => {}
+            }
         }
         match kind {
             Hidden::WriteLsn if self.global == GlobalProbe::Asking => {
@@ -367,6 +380,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// A unit that may write was just sent to the primary. When it will leave the
+    /// backend idle (an autocommit statement, a COMMIT), the WAL position that becomes
+    /// the session's floor is asked in the same write, instead of in a round trip of its
+    /// own after the ReadyForQuery (`learn_floor`). The guess is checked when the answer
+    /// comes: a position read inside a transaction does not count (`lsn_query_done`).
+    pub(super) fn ask_position_with(
+        &mut self,
+        effect: TxEffect,
+        writes: bool,
+    ) -> Result<(), ClientError> {
+        let idle_after = match effect {
+            TxEffect::Neither => self.tx == TxStatus::Idle,
+            TxEffect::Closes => self.tx != TxStatus::Idle,
+            TxEffect::Opens | TxEffect::Unknown => false,
+        };
+        let primary = matches!(self.route, Some(Route::Primary(_)));
+        if !idle_after || !writes || !self.wrote || !primary || self.level == Consistency::Eventual
+        {
+            return Ok(());
+        }
+        self.wrote = false;
+        self.push_lsn_query(Hidden::WriteLsn, true)?;
+        self.learning_write = true;
+        Ok(())
     }
 
     /// The checked replica was behind the floor. Wait on it, up to

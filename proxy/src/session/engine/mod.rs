@@ -18,6 +18,7 @@ use super::registry::{Activity, Listed};
 use super::route::{ends_unit, is_boundary, is_session_message, unit_class, unit_classes, Release};
 use super::settings::{self, Settings};
 use super::statements::{backend_name, Statement, Statements};
+use super::tx_effect::TxEffect;
 use super::Shared;
 use crate::cancel::Registration;
 use crate::errors::ClientError;
@@ -129,6 +130,12 @@ pub struct Engine<S> {
     unbounded: Option<(NodeId, std::time::Instant)>,
     /// `unbounded` as it was when the primary position being read was asked for.
     write_lsn_covers: Option<(NodeId, std::time::Instant)>,
+    /// The primary position just read, until its ReadyForQuery shows it counts.
+    write_lsn: Option<router::Lsn>,
+    /// What the extended-protocol unit being sent does to the transaction block, and
+    /// whether it may write (see `ask_position_with`).
+    unit_effect: Option<TxEffect>,
+    unit_writes: bool,
     /// A statement that may write (or, when the floor is kept, any statement) ran on
     /// the primary since the floor was last learnt.
     wrote: bool,
@@ -223,6 +230,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             sticky: None,
             unbounded: None,
             write_lsn_covers: None,
+            write_lsn: None,
+            unit_effect: None,
+            unit_writes: false,
             wrote: false,
             replica_dirty: false,
             global: Default::default(),

@@ -228,6 +228,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.learning_write = false;
         self.cancel.slot.clear();
         self.unit_sent.clear();
+        self.unit_effect = None;
+        self.unit_writes = false;
     }
 
     /// The backend went away mid-session. The client keeps its session and hears about
@@ -246,6 +248,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let waiting = self.exp.client_waiting();
         self.exp.clear();
         self.unit_sent.clear();
+        self.write_lsn = None;
+        self.unit_effect = None;
         self.lease = None; // dropped, not returned: its state is unknown
         self.route = None;
         self.capturing = false;

@@ -3,6 +3,7 @@
 //! the answers can be matched up.
 
 use super::*;
+use crate::session::tx_effect::{tx_effect, TxEffect};
 use bytes::BufMut;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
@@ -41,6 +42,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         // May this message make the session's transaction write? (Reads the router
         // proved read-only cannot; anything else, a FunctionCall included, may.)
         let mut writes = tag == b'F';
+        // A unit ends here: what it does to the transaction block, and whether it may
+        // write.
+        let mut ends: Option<(TxEffect, bool)> = None;
         match tag {
             b'P' => {
                 let p = protocol::frontend::parse(&f)?;
@@ -60,7 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                         .push(Expect::Synth(crate::errors::error("42P05", &msg)));
                     self.exp.skip_to_sync();
                 } else if p.name.is_empty() {
-                    let stmt = Statement::new("".into(), f.as_bytes().clone(), class);
+                    let effect = tx_effect(p.sql.as_bytes());
+                    let stmt = Statement::new("".into(), f.as_bytes().clone(), class, effect);
                     conn.unnamed = Some(stmt.id);
                     named = Some(("".into(), stmt.id));
                     self.stmts.insert("", stmt);
@@ -73,7 +78,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     let name = backend_name(p.sql, p.param_types);
                     let parse = protocol::frontend::rewrite_parse_name(&f, &name)?;
                     let client_name = p.name.to_string();
-                    let stmt = Statement::new(name.clone(), parse.clone(), class);
+                    let effect = tx_effect(p.sql.as_bytes());
+                    let stmt = Statement::new(name.clone(), parse.clone(), class, effect);
                     named = Some((client_name.as_str().into(), stmt.id));
                     self.stmts.insert(&client_name, stmt);
                     if conn.prepared.contains(&name) {
@@ -97,6 +103,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     self.settings_dirty = true;
                 }
                 writes = stmt.is_none_or(|s| matches!(s.class, Class::Write | Class::Pin(_)));
+                let effect = stmt.map_or(TxEffect::Unknown, |s| s.tx_effect);
+                self.unit_effect = Some(match self.unit_effect {
+                    None => effect,
+                    Some(_) => TxEffect::Unknown, // several statements in one unit
+                });
+                self.unit_writes |= writes;
                 forward_renamed(
                     conn,
                     stmt,
@@ -149,6 +161,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             b'S' => {
                 self.wbuf.extend_from_slice(f.as_bytes());
                 due = self.exp.push(Expect::Sync);
+                ends = self
+                    .unit_effect
+                    .take()
+                    .map(|e| (e, std::mem::take(&mut self.unit_writes)));
             }
             b'Q' => {
                 // Classified already (so checked to be UTF-8) unless it came straight on.
@@ -179,6 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.stmts.forget_unnamed();
                 self.wbuf.extend_from_slice(f.as_bytes());
                 due = self.exp.push(Expect::Query);
+                ends = Some((tx_effect(sql), writes));
             }
             b'F' => {
                 self.wbuf.extend_from_slice(f.as_bytes());
@@ -218,6 +235,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.streaming = true;
         }
         self.flushed = tag == b'H';
+        if let Some((effect, writes)) = ends {
+            self.ask_position_with(effect, writes)?;
+        }
         Ok(())
     }
 }
