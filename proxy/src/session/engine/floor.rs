@@ -3,8 +3,9 @@
 //! after a read, a causal token), and how a read is kept off replicas behind it.
 //!
 //! Every position is read with a hidden query pipelined with the client's own traffic:
-//! after a write commits, on the backend that is already leased; before a replica read,
-//! in the same write as the read, whose answer is held back until the check passes.
+//! after a write commits, on the backend that is already leased (in the same write as a
+//! statement that ends the transaction); before a replica read, in the same write as the
+//! read, whose answer is held back until the check passes.
 
 use super::*;
 use crate::session::consistency::{self as cons, Command, Shown};
