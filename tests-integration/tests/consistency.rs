@@ -92,6 +92,15 @@ fn lsn(text: &str) -> u64 {
     (hex(hi) << 32) | hex(lo)
 }
 
+/// How many primary WAL positions pgrelay has asked for (after writes, for tokens).
+fn write_positions_asked(env: &Env) -> u64 {
+    env.proxy
+        .shared
+        .ryw
+        .write_lsn_reads
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The primary's WAL insert position, read on a direct connection to it.
 async fn insert_lsn(direct: &Client) -> u64 {
     lsn(&value(direct, "SELECT pg_current_wal_insert_lsn()")
@@ -728,22 +737,17 @@ async fn last_write_lsn_lies_past_each_committed_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_position_read_inside_a_transaction_never_counts() {
     use tests_integration::raw::{message, Raw};
-    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    fn query(sql: &str) -> Vec<u8> {
+        message(b'Q', &[sql.as_bytes(), b"\0"].concat())
+    }
     let env = start_with(delayed(2), tests_integration::trust).await;
     setup(&env, "CREATE TABLE piped (id int)").await;
     let direct = env.connect_direct(0).await;
     let mut raw = Raw::login(env.port(), cluster::APP_USER, cluster::APP_DB).await;
-    let asked = || {
-        env.proxy
-            .shared
-            .ryw
-            .write_lsn_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let asked = || write_positions_asked(&env);
     // The text of the first column of the first DataRow of a simple query's answer.
     async fn first_value(raw: &mut Raw, sql: &str) -> String {
-        raw.send(&message(b'Q', &[sql.as_bytes(), b"\0"].concat()))
-            .await;
+        raw.send(&query(sql)).await;
         let msgs = raw.until_ready().await;
         let row = msgs
             .iter()
@@ -856,13 +860,7 @@ async fn a_lone_primary_costs_reads_no_wal_position_query() {
     };
     let env = start_with(lone, |_| {}).await;
     let c = env.connect().await;
-    let asked = || {
-        env.proxy
-            .shared
-            .ryw
-            .write_lsn_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let asked = || write_positions_asked(&env);
     for _ in 0..20 {
         value(&c, "SELECT 1").await;
     }
