@@ -64,7 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                         .push(Expect::Synth(crate::errors::error("42P05", &msg)));
                     self.exp.skip_to_sync();
                 } else if p.name.is_empty() {
-                    let effect = tx_effect(p.sql.as_bytes());
+                    let effect = effect_of(class, p.sql.as_bytes());
                     let stmt = Statement::new("".into(), f.as_bytes().clone(), class, effect);
                     conn.unnamed = Some(stmt.id);
                     named = Some(("".into(), stmt.id));
@@ -78,7 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     let name = backend_name(p.sql, p.param_types);
                     let parse = protocol::frontend::rewrite_parse_name(&f, &name)?;
                     let client_name = p.name.to_string();
-                    let effect = tx_effect(p.sql.as_bytes());
+                    let effect = effect_of(class, p.sql.as_bytes());
                     let stmt = Statement::new(name.clone(), parse.clone(), class, effect);
                     named = Some((client_name.as_str().into(), stmt.id));
                     self.stmts.insert(&client_name, stmt);
@@ -195,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.stmts.forget_unnamed();
                 self.wbuf.extend_from_slice(f.as_bytes());
                 due = self.exp.push(Expect::Query);
-                ends = Some((tx_effect(sql), writes));
+                ends = Some((effect_of(class, sql), writes));
             }
             b'F' => {
                 self.wbuf.extend_from_slice(f.as_bytes());
@@ -239,6 +239,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             self.ask_position_with(effect, writes)?;
         }
         Ok(())
+    }
+}
+
+/// What a statement does to the transaction block, as far as asking for the write
+/// position goes: only statements that may write ask, so a read's text is not scanned.
+fn effect_of(class: Class, sql: &[u8]) -> TxEffect {
+    match class {
+        Class::Write | Class::Pin(_) => tx_effect(sql),
+        Class::Read | Class::Session => TxEffect::Unknown,
     }
 }
 
