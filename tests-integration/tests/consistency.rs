@@ -756,7 +756,9 @@ async fn a_write_position_read_inside_a_transaction_never_counts() {
         let len = i32::from_be_bytes(row.body[2..6].try_into().expect("length")) as usize;
         String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
     }
-    for i in 0..5 {
+    // Many rounds: whether the COMMIT reaches pgrelay before the answer to the guess is
+    // a race, and both orders must hold.
+    for i in 0..30 {
         let before = asked();
         let both = [
             query("BEGIN"),

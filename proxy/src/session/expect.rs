@@ -139,6 +139,11 @@ impl Expectations {
         })
     }
 
+    /// Is one of pgrelay's own messages of this kind still to be answered?
+    pub fn awaits(&self, kind: Hidden) -> bool {
+        self.queue.contains(&Expect::Hidden(kind))
+    }
+
     /// Outstanding Sync/Query entries: each owes the client one ReadyForQuery.
     pub fn pending_ready(&self) -> usize {
         self.queue

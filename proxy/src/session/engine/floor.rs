@@ -320,7 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// One of pgrelay's LSN queries got its last answer.
     pub(super) fn lsn_query_done(&mut self, kind: Hidden) {
         if kind == Hidden::WriteLsn {
-            self.learning_write = false;
+            // Another one may have been asked since (a COMMIT right after a guess).
+            let another = self.exp.awaits(Hidden::WriteLsn);
+            self.learning_write = another;
             let idle = self
                 .lease
                 .as_ref()
@@ -339,8 +341,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     return;
                 }
                 // Asked with a statement that left a transaction open after all: the
-                // transaction's commit is still to come, so ask again once it is over.
-                Some(_) => self.wrote = true,
+                // transaction's commit is still to come, so ask again once it is over
+                // (unless a position asked since, later in the stream, is on its way).
+                Some(_) => self.wrote |= !another,
                 None => {}
             }
         }

@@ -10,12 +10,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// A node's scripted server. Every connection answers Parse, Bind, Close and Sync as
-/// PostgreSQL does; an Execute or a simple query returns one row, `lsn`.
+/// PostgreSQL does; an Execute or a simple query returns one row, `lsn` (or, when
+/// `lsn` is empty, `0/N000` for the connection's Nth query, so later answers are
+/// higher). Simple queries starting with BEGIN or COMMIT open and close a transaction,
+/// which ReadyForQuery reports.
 struct Script {
     lsn: &'static str,
     /// Wait this long before answering the connection's nth query (simple, or the
     /// Execute of a prepared one): (n, pause).
-    pause_before_query: Option<(usize, Duration)>,
+    pauses: Vec<(usize, Duration)>,
 }
 
 async fn fake_node(script: Script) -> String {
@@ -31,10 +34,17 @@ async fn fake_node(script: Script) -> String {
 }
 
 async fn pause(script: &Script, query: usize) {
-    if let Some((n, pause)) = script.pause_before_query {
-        if n == query {
-            tokio::time::sleep(pause).await;
+    for (n, pause) in &script.pauses {
+        if *n == query {
+            tokio::time::sleep(*pause).await;
         }
+    }
+}
+
+fn lsn_of(script: &Script, query: usize) -> String {
+    match script.lsn {
+        "" => format!("0/{:X}", query * 0x1000),
+        lsn => lsn.to_string(),
     }
 }
 
@@ -54,6 +64,7 @@ async fn fake_conn(mut stream: tokio::net::TcpStream, script: Arc<Script>) -> Op
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut queries = 0;
+    let mut tx = TxStatus::Idle;
     loop {
         while let Some(f) = protocol::parse_frame(&mut buf, 1 << 20).ok()? {
             match f.tag() {
@@ -63,21 +74,27 @@ async fn fake_conn(mut stream: tokio::net::TcpStream, script: Arc<Script>) -> Op
                 b'E' => {
                     queries += 1;
                     pause(&script, queries).await;
-                    out.extend_from_slice(&cons::show_rows(script.lsn));
+                    out.extend_from_slice(&cons::show_rows(&lsn_of(&script, queries)));
                 }
                 b'S' => {}
                 b'Q' => {
                     queries += 1;
                     pause(&script, queries).await;
+                    let sql = protocol::frontend::query(&f).ok()?;
+                    if sql.starts_with("BEGIN") {
+                        tx = TxStatus::InTransaction;
+                    } else if sql.starts_with("COMMIT") {
+                        tx = TxStatus::Idle;
+                    }
                     out.extend_from_slice(&cons::show_description("lsn"));
-                    out.extend_from_slice(&cons::show_rows(script.lsn));
+                    out.extend_from_slice(&cons::show_rows(&lsn_of(&script, queries)));
                 }
                 b'X' => return Some(()),
                 _ => return None,
             }
             if matches!(f.tag(), b'S' | b'Q') {
                 // As PostgreSQL: ReadyForQuery goes out at once.
-                out.extend_from_slice(&be::ready_for_query(TxStatus::Idle));
+                out.extend_from_slice(&be::ready_for_query(tx));
                 stream.write_all(&out).await.ok()?;
                 out.clear();
             }
@@ -166,21 +183,30 @@ async fn session(primary: Script, replica: Script) -> tokio::io::DuplexStream {
     client
 }
 
-/// Read the client's messages up to its `n`-th ReadyForQuery; their type bytes.
-async fn tags_until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> String {
+/// Read the client's messages up to its `n`-th ReadyForQuery.
+async fn until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> Vec<Frame> {
     let mut buf = BytesMut::new();
-    let mut tags = String::new();
-    while tags.matches('Z').count() < n {
+    let mut frames: Vec<Frame> = Vec::new();
+    while frames.iter().filter(|f| f.tag() == b'Z').count() < n {
         match protocol::parse_frame(&mut buf, 1 << 20).expect("frame") {
-            Some(f) => tags.push(f.tag() as char),
+            Some(f) => frames.push(f),
             None => {
                 let read = client.read_buf(&mut buf);
                 let got = tokio::time::timeout(Duration::from_secs(10), read).await;
-                assert!(got.expect("answers in time").expect("read") > 0, "{tags}");
+                assert!(
+                    got.expect("answers in time").expect("read") > 0,
+                    "{frames:?}"
+                );
             }
         }
     }
-    tags
+    frames
+}
+
+/// The type bytes of the client's messages up to its `n`-th ReadyForQuery.
+async fn tags_until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> String {
+    let frames = until_ready(client, n).await;
+    frames.iter().map(|f| f.tag() as char).collect()
 }
 
 /// tokio-postgres closes a dropped statement with Close+Sync and does not wait for the
@@ -192,13 +218,13 @@ async fn tags_until_ready(client: &mut tokio::io::DuplexStream, n: usize) -> Str
 async fn pgrelay_command_waits_for_a_unit_being_retried() {
     let primary = Script {
         lsn: "0/2000",
-        pause_before_query: None,
+        pauses: Vec::new(),
     };
     let replica = Script {
         lsn: "0/500",
         // The check's answer comes late: the SHOW pipelined behind the unit must wait
         // for it, and for the unit re-run on the primary.
-        pause_before_query: Some((1, Duration::from_millis(200))),
+        pauses: vec![(1, Duration::from_millis(200))],
     };
     let mut client = session(primary, replica).await;
     let mut batch = BytesMut::new();
@@ -213,4 +239,44 @@ async fn pgrelay_command_waits_for_a_unit_being_retried() {
     client.write_all(&batch).await.expect("write");
     // SET: C Z. Close+Sync: 3 Z. SHOW: T D C Z.
     assert_eq!(tags_until_ready(&mut client, 3).await, "CZ3ZTDCZ");
+}
+
+/// A client sends BEGIN and an INSERT in one write, so pgrelay takes the INSERT for an
+/// autocommit write and asks the primary's position with it: a guess, whose answer
+/// shows the transaction still open, so it does not count. Here that answer comes late,
+/// after the client has sent COMMIT, which asks again. The token the client reads after
+/// the COMMIT must wait for the COMMIT's own position (query 5), however late, even
+/// though the answer to the guess (query 3) arrives in between.
+#[tokio::test]
+async fn the_token_after_a_commit_waits_for_the_commits_own_position() {
+    let primary = Script {
+        lsn: "", // the nth query answers 0/n000
+        pauses: vec![
+            (3, Duration::from_millis(150)),
+            (5, Duration::from_millis(150)),
+        ],
+    };
+    let replica = Script {
+        lsn: "0/500",
+        pauses: Vec::new(),
+    };
+    let mut client = session(primary, replica).await;
+    let q = |sql| protocol::frontend::build_query(sql).expect("query");
+    let both = [q("BEGIN"), q("INSERT INTO t VALUES (1)")].concat();
+    client.write_all(&both).await.expect("write");
+    assert_eq!(tags_until_ready(&mut client, 2).await, "TDCZTDCZ");
+    client.write_all(&q("COMMIT")).await.expect("write");
+    assert_eq!(tags_until_ready(&mut client, 1).await, "TDCZ");
+    client
+        .write_all(&q("SHOW pgrelay.last_write_lsn"))
+        .await
+        .expect("write");
+    let answer = until_ready(&mut client, 1).await;
+    let row = answer.iter().find(|f| f.tag() == b'D').expect("a row");
+    let token = protocol::backend::data_row_text(row).expect("row");
+    assert_eq!(
+        token,
+        [Some("0/5000")],
+        "the token is not the COMMIT's position"
+    );
 }
