@@ -82,6 +82,11 @@ pub fn unit_classes(frames: &[Frame], stmts: &Statements, each: &mut Vec<Option<
     class
 }
 
+/// Is `word` one of the keywords `kws`, ignoring ASCII case?
+pub fn is_any(word: &[u8], kws: &[&str]) -> bool {
+    kws.iter().any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+}
+
 /// Which pins a simple query ends, once it has run outside a transaction: the state
 /// that tied the session to its backend is gone. `None` when it ends none.
 pub fn releases(sql: &[u8]) -> Option<Release> {
@@ -106,7 +111,7 @@ pub fn releases(sql: &[u8]) -> Option<Release> {
         return None; // an ordinary SELECT
     }
     let rest = [second, words.next(), words.next()];
-    let is = |w: &[u8], kws: &[&str]| kws.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()));
+    let is = is_any;
     match (kind, rest) {
         (0, [Some(w), None, None]) if is(w, &["all"]) => Some(Release::All),
         (0, [Some(w), None, None]) if is(w, &["temp", "temporary"]) => {

@@ -35,7 +35,7 @@ pub fn tx_effect(sql: &[u8]) -> TxEffect {
     let Some(first) = words.next() else {
         return TxEffect::Unknown;
     };
-    let is = |w: &[u8], kws: &[&str]| kws.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()));
+    let is = super::route::is_any;
     if is(first, &["BEGIN", "START"]) {
         TxEffect::Opens
     } else if is(first, &["COMMIT", "END", "ROLLBACK", "ABORT"]) {

@@ -134,8 +134,7 @@ pub struct Engine<S> {
     write_lsn: Option<router::Lsn>,
     /// What the extended-protocol unit being sent does to the transaction block, and
     /// whether it may write (see `ask_position_with`).
-    unit_effect: Option<TxEffect>,
-    unit_writes: bool,
+    unit_end: Option<(TxEffect, bool)>,
     /// A statement that may write (or, when the floor is kept, any statement) ran on
     /// the primary since the floor was last learnt.
     wrote: bool,
@@ -231,8 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             unbounded: None,
             write_lsn_covers: None,
             write_lsn: None,
-            unit_effect: None,
-            unit_writes: false,
+            unit_end: None,
             wrote: false,
             replica_dirty: false,
             global: Default::default(),

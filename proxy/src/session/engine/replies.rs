@@ -228,8 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.learning_write = false;
         self.cancel.slot.clear();
         self.unit_sent.clear();
-        self.unit_effect = None;
-        self.unit_writes = false;
+        self.unit_end = None;
     }
 
     /// The backend went away mid-session. The client keeps its session and hears about
@@ -249,7 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.exp.clear();
         self.unit_sent.clear();
         self.write_lsn = None;
-        self.unit_effect = None;
+        self.unit_end = None;
         self.lease = None; // dropped, not returned: its state is unknown
         self.route = None;
         self.capturing = false;

@@ -104,11 +104,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 writes = stmt.is_none_or(|s| matches!(s.class, Class::Write | Class::Pin(_)));
                 let effect = stmt.map_or(TxEffect::Unknown, |s| s.tx_effect);
-                self.unit_effect = Some(match self.unit_effect {
-                    None => effect,
-                    Some(_) => TxEffect::Unknown, // several statements in one unit
+                self.unit_end = Some(match self.unit_end {
+                    None => (effect, writes),
+                    // Several statements in one unit.
+                    Some((_, wrote)) => (TxEffect::Unknown, wrote || writes),
                 });
-                self.unit_writes |= writes;
                 forward_renamed(
                     conn,
                     stmt,
@@ -161,10 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             b'S' => {
                 self.wbuf.extend_from_slice(f.as_bytes());
                 due = self.exp.push(Expect::Sync);
-                ends = self
-                    .unit_effect
-                    .take()
-                    .map(|e| (e, std::mem::take(&mut self.unit_writes)));
+                ends = self.unit_end.take();
             }
             b'Q' => {
                 // Classified already (so checked to be UTF-8) unless it came straight on.
