@@ -41,6 +41,10 @@ pub struct Figures {
     pub latency_ms: f64,
     pub transactions: u64,
     pub failed: u64,
+    /// The whole machine's busy CPU time per transaction, in µs (0 when unknown): the
+    /// proxy, PostgreSQL and pgbench together. Steadier than TPS on a shared machine,
+    /// where transactions also wait on fsync and on each other.
+    pub cpu_us: f64,
 }
 
 impl Figures {
@@ -62,6 +66,7 @@ impl Figures {
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+            cpu_us: 0.0,
         }
     }
 
@@ -72,23 +77,48 @@ impl Figures {
             latency_ms: runs.iter().map(|f| f.latency_ms).sum::<f64>() / n,
             transactions: runs.iter().map(|f| f.transactions).sum(),
             failed: runs.iter().map(|f| f.failed).sum(),
+            cpu_us: runs
+                .iter()
+                .map(|f| f.cpu_us * f.transactions as f64)
+                .sum::<f64>()
+                / runs.iter().map(|f| f.transactions).sum::<u64>().max(1) as f64,
         }
     }
 }
 
+/// Busy CPU time of the whole machine so far, in µs: every core's non-idle ticks in
+/// /proc/stat (USER_HZ, 1/100 s on every Linux architecture).
+fn machine_busy_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    // already counted in user.
+    let busy: u64 = ticks.iter().take(8).sum::<u64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy * 10_000)
+}
+
 pub fn report(label: &str, f: &Figures) {
     println!(
-        "  {label:<26} {:>9.1} tps  {:>7.3} ms average latency  ({} transactions, {} failed)",
-        f.tps, f.latency_ms, f.transactions, f.failed
+        "  {label:<26} {:>9.1} tps  {:>7.3} ms average latency  {:>6.1} µs machine CPU/tx  \
+         ({} transactions, {} failed)",
+        f.tps, f.latency_ms, f.cpu_us, f.transactions, f.failed
     );
 }
 
 pub async fn bench(port: u16, label: &str, args: &[String]) -> Figures {
     let args = args.to_vec();
+    let before = machine_busy_us();
     let out = tokio::task::spawn_blocking(move || pgbench(port, &args))
         .await
         .expect("pgbench task");
-    let f = Figures::parse(&out);
+    let mut f = Figures::parse(&out);
+    if let (Some(a), Some(b)) = (before, machine_busy_us()) {
+        f.cpu_us = b.saturating_sub(a) as f64 / f.transactions.max(1) as f64;
+    }
     report(label, &f);
     assert_eq!(f.failed, 0, "{label}: failed transactions:\n{out}");
     f
