@@ -802,6 +802,42 @@ async fn a_write_position_read_inside_a_transaction_never_counts() {
     assert_eq!(asked(), before + 1, "one position per autocommit write");
 }
 
+/// A replica that replays a little late (well within `read_your_writes_timeout`) is
+/// waited for: the read after each write runs there once it has the write, not on the
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_a_little_behind_is_waited_for() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let config = ClusterConfig {
+        replicas: 1,
+        apply_delay: vec![(0, Duration::from_millis(30))],
+        ..ClusterConfig::default()
+    };
+    let env = start_with(config, |_| {}).await;
+    setup(&env, "CREATE TABLE w (id int)").await;
+    let (c, primary) = (env.connect().await, env.primary_port());
+    let ryw = &env.proxy.shared.ryw;
+    let (waited, fallbacks) = (
+        ryw.waited.load(Relaxed),
+        ryw.primary_fallbacks.load(Relaxed),
+    );
+    for i in 1..=5 {
+        exec(&c, &format!("INSERT INTO w VALUES ({i})")).await;
+        let sql = "SELECT count(*), inet_server_port() FROM w";
+        let (got, on_replica) = read(&c, sql, primary).await;
+        assert_eq!(got, [i], "read {i}: the write is not visible");
+        assert!(
+            on_replica,
+            "read {i} ran on the primary: {}",
+            ryw_stats(&env)
+        );
+    }
+    // (A read that reached the replica 30 ms after its write would not wait: at most 5.)
+    let now = ryw.waited.load(Relaxed);
+    assert!(now > waited && now <= waited + 5, "{}", ryw_stats(&env));
+    assert_eq!(ryw.primary_fallbacks.load(Relaxed), fallbacks);
+}
+
 /// A read-only transaction begun on a replica that turns out to be behind the session's
 /// floor runs again on the primary, unseen. Its BEGIN did run on the replica, though: the
 /// replica's connection must not go back to the pool inside that transaction. (Whoever

@@ -17,6 +17,8 @@ const WRITE_LSN_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
 const REPLAY_LSN_NAME: &str = "pgrelay_replay_lsn";
 const REPLAY_LSN_SQL: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
                               pg_catalog.pg_current_wal_insert_lsn())";
+/// How long a replica behind the floor is asked again without a pause.
+const AT_ONCE: Duration = Duration::from_millis(1);
 
 /// What to do with a replica leased for a read with a floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,11 +422,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let deadline = *self
             .ryw_deadline
             .get_or_insert_with(|| Instant::now() + self.ctx.live.load().ryw_timeout);
+        // A healthy replica replays a commit within about a millisecond, and tokio's
+        // timer sleeps a whole one at least: for the first millisecond, asking again at
+        // once (a round trip each) costs less waiting than sleeping.
+        let at_once_until = Instant::now() + AT_ONCE;
         let mut step = Duration::from_millis(1);
         let mut caught_up = false;
-        while Instant::now() + step <= deadline {
-            tokio::time::sleep(step).await;
-            step = (step * 2).min(Duration::from_millis(16));
+        loop {
+            let now = Instant::now();
+            let at_once = now < at_once_until;
+            if now + if at_once { Duration::ZERO } else { step } > deadline {
+                break;
+            }
+            if !at_once {
+                tokio::time::sleep(step).await;
+                step = (step * 2).min(Duration::from_millis(16));
+            }
             let Some(lease) = self.lease.as_mut() else {
                 break;
             };
@@ -456,7 +469,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 /// Ask a leased, idle replica connection for its replay position, outside the
 /// expectation queue (nothing else is in flight on it).
 async fn replay_position(conn: &mut crate::backend::BackendConn) -> Option<Lsn> {
-    let query = protocol::frontend::build_query(REPLAY_LSN_SQL).ok()?;
+    let first = !std::mem::replace(&mut conn.own_prepared[1], true);
+    let query =
+        protocol::frontend::build_run_prepared(REPLAY_LSN_NAME, first.then_some(REPLAY_LSN_SQL))
+            .ok()?;
     conn.stream.write_all(&query).await.ok()?;
     let mut lsn = None;
     loop {
