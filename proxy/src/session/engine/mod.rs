@@ -569,15 +569,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         class: Class,
         retryable: bool,
     ) -> Result<Option<router::Lsn>, ClientError> {
-        let started = tokio::time::Instant::now();
-        let write_wait = self.ctx.live.load().write_wait;
+        // Read only once a lease is refused: the clock costs the hot path otherwise.
+        let mut started = None;
         let mut pause = std::time::Duration::from_millis(2);
         loop {
             let err = match self.lease_once(class, retryable).await {
                 Err(e) if e.awaits_primary() => e,
                 other => return other,
             };
-            let waited = started.elapsed();
+            let waited = started.get_or_insert_with(tokio::time::Instant::now).elapsed();
+            let write_wait = self.ctx.live.load().write_wait;
             if waited >= write_wait {
                 let held = self.ctx.topology.load().writes_held.clone();
                 return Err(match (held, err) {

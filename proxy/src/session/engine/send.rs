@@ -180,8 +180,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     }
                     _ => {}
                 }
-                if let Some(r) = crate::session::route::releases(sql) {
-                    self.releasing = Some(r);
+                // Only a pinned session has pins to end. (A query that pins does not
+                // release: its own pin is taken below.)
+                if self.pinned.is_some() {
+                    if let Some(r) = crate::session::route::releases(sql) {
+                        self.releasing = Some(r);
+                    }
                 }
                 if drops_statements(sql) {
                     // The server forgets every prepared statement; so must we.
