@@ -144,6 +144,17 @@ impl Stats {
 
     /// A unit took `took` on `node`, from its last message sent to its ReadyForQuery.
     pub fn latency(&self, node: NodeId, took: Duration) {
+        self.record(node, took, Instant::now());
+    }
+
+    /// A unit whose last message went to `node` at `sent` is answered now. (The clock is
+    /// read once for both the latency and the window: it costs the hot path.)
+    pub fn latency_since(&self, node: NodeId, sent: Instant) {
+        let now = Instant::now();
+        self.record(node, now.saturating_duration_since(sent), now);
+    }
+
+    fn record(&self, node: NodeId, took: Duration, now: Instant) {
         let Some(n) = self.nodes.get(node.0) else {
             return;
         };
@@ -151,7 +162,7 @@ impl Stats {
         n.count.fetch_add(1, Ordering::Relaxed);
         n.sum_micros.fetch_add(micros, Ordering::Relaxed);
         let mut w = n.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.rotate(Instant::now());
+        w.rotate(now);
         let _ = w.current.record(micros);
     }
 

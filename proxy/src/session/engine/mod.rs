@@ -577,7 +577,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 Err(e) if e.awaits_primary() => e,
                 other => return other,
             };
-            let waited = started.get_or_insert_with(tokio::time::Instant::now).elapsed();
+            let waited = started
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed();
             let write_wait = self.ctx.live.load().write_wait;
             if waited >= write_wait {
                 let held = self.ctx.topology.load().writes_held.clone();

@@ -132,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if o.ready {
                 if o.forward {
                     if let Some(sent) = self.unit_sent.pop_front() {
-                        self.ctx.stats.latency(lease.node(), sent.elapsed());
+                        self.ctx.stats.latency_since(lease.node(), sent);
                     }
                 }
                 self.tx =
