@@ -172,6 +172,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             }
         }
     });
+    tokio::spawn(sweep_idle(Arc::downgrade(&shared), shutdown_rx.clone()));
     let weak = Arc::downgrade(&shared);
     let in_flight: health::failover::InFlight =
         Arc::new(move |node| weak.upgrade().map_or(0, |s| s.pools.load(node)));
@@ -297,5 +298,29 @@ async fn accept_loop(
     match admin.await {
         Ok(Err(e)) => Err(AppError::Admin(e)),
         _ => Ok(()),
+    }
+}
+
+/// Idle server connections past `pool.idle_timeout` are closed even when no session asks
+/// for one (a lease skips them too), so a quiet proxy gives PostgreSQL its memory and
+/// connection slots back.
+async fn sweep_idle(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(every) = shared.upgrade().map(|s| s.pools.sweep_interval()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let closed = shared.pools.close_expired();
+        if closed > 0 {
+            tracing::debug!(closed, "idle server connections closed");
+        }
     }
 }

@@ -169,6 +169,22 @@ impl Pool {
             .push(conn);
     }
 
+    /// Close the idle connections unused for longer than `pool.idle_timeout` as of `now`,
+    /// and any that closed meanwhile. How many went.
+    pub fn close_expired(&self, now: Instant) -> usize {
+        let timeout = self.settings.idle_timeout;
+        let expired: Vec<Box<BackendConn>> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
+                !c.is_closed() && now.saturating_duration_since(c.last_used) <= timeout
+            });
+            *idle = keep;
+            expired
+        };
+        // Closed here, outside the lock.
+        expired.len()
+    }
+
     /// Drop every idle connection (a node went down: they are dead or soon will be).
     pub fn clear_idle(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -325,6 +341,22 @@ impl Pools {
         ));
         map.insert(key.clone(), pool.clone());
         pool
+    }
+
+    /// Close the idle connections past `pool.idle_timeout` in every pool. How many went.
+    pub fn close_expired(&self) -> usize {
+        let pools: Vec<Arc<Pool>> = {
+            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        let now = Instant::now();
+        pools.iter().map(|p| p.close_expired(now)).sum()
+    }
+
+    /// How often [`Pools::close_expired`] runs: a quarter of `pool.idle_timeout`, between
+    /// 1 s and 1 min, so an idle connection outlives the timeout by a quarter at most.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.settings.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
     /// Drop idle connections of every pool on `node`.

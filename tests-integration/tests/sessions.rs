@@ -2290,3 +2290,35 @@ async fn many_sessions_small_pool() {
         );
     }
 }
+
+/// Idle server connections are closed once `pool.idle_timeout` has passed, even when no
+/// session asks for one again: a quiet proxy gives PostgreSQL its connection slots back.
+/// The client's session stays, and gets a new backend for its next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_server_connections_close_after_the_idle_timeout() {
+    let lone = ClusterConfig {
+        replicas: 0,
+        ..ClusterConfig::default()
+    };
+    let env = start_with(lone, |c| c.pool.idle_timeout = Duration::from_secs(1)).await;
+    let direct = env.connect_direct(0).await;
+    let pooled = || async {
+        let sql = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE usename = current_user AND pid <> pg_backend_pid()";
+        simple_value(&direct, sql).await.expect("a count")
+    };
+    let c = env.connect().await;
+    assert_eq!(simple_value(&c, "SELECT 1").await.as_deref(), Some("1"));
+    assert_ne!(
+        pooled().await,
+        "0",
+        "no pooled connection after a statement"
+    );
+    eventually(
+        Duration::from_secs(15),
+        "idle connections closed",
+        || async { (pooled().await == "0").then_some(()) },
+    )
+    .await;
+    assert_eq!(simple_value(&c, "SELECT 2").await.as_deref(), Some("2"));
+}
