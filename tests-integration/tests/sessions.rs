@@ -2322,3 +2322,54 @@ async fn idle_server_connections_close_after_the_idle_timeout() {
     .await;
     assert_eq!(simple_value(&c, "SELECT 2").await.as_deref(), Some("2"));
 }
+
+/// A statement that ends pins ends only those taken before it. A client pipelines
+/// DISCARD ALL and LISTEN (both sent before either is answered), unpinned and then
+/// already pinned by an earlier LISTEN: either way the session stays pinned after both
+/// answers, and hears the new channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_release_ends_only_the_pins_before_it() {
+    let env = start_with(ClusterConfig::default(), |c| {
+        trust(c);
+        c.pool.size = 2;
+    })
+    .await;
+    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    let notifier = env.connect().await;
+    for (round, pinned_before) in [false, true].into_iter().enumerate() {
+        let mut raw = Raw::login(env.port(), cluster::APP_USER, cluster::APP_DB).await;
+        if pinned_before {
+            raw.send(&query("LISTEN earlier")).await;
+            raw.until_ready().await;
+            wait_pinned(&env, 1, "LISTEN to pin the session").await;
+        }
+        let channel = format!("later{round}");
+        let both = [query("DISCARD ALL"), query(&format!("LISTEN {channel}"))].concat();
+        raw.send(&both).await;
+        for what in ["DISCARD ALL", "LISTEN"] {
+            let answer = raw.until_ready().await;
+            assert!(
+                answer.iter().all(|m| m.tag != b'E'),
+                "round {round}: {what} failed: {answer:?}"
+            );
+        }
+        exec(&notifier, &format!("NOTIFY {channel}, 'x'")).await;
+        // The notification comes on the session's backend while it is idle; a statement
+        // collects whatever has come before its answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            raw.send(&query("SELECT 1")).await;
+            if raw.until_ready().await.iter().any(|m| m.tag == b'A') {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no notification on {channel}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pinned(&env), 1, "round {round}: the LISTEN's pin was ended");
+        drop(raw);
+        wait_pinned(&env, 0, "the session to end").await;
+    }
+}

@@ -6,8 +6,11 @@ use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) fn pin(&mut self, reason: PinReason) {
-        if !self.pin_reasons.contains(&reason) {
-            self.pin_reasons.push(reason);
+        self.order += 1;
+        // One entry per reason (bounded): a later pin of the same kind moves it later.
+        match self.pin_reasons.iter_mut().find(|(r, _)| *r == reason) {
+            Some(entry) => entry.1 = self.order,
+            None => self.pin_reasons.push((reason, self.order)),
         }
         if self.pinned.is_none() {
             tracing::info!(user = %self.id.user, %reason, "session pinned to one backend");
@@ -24,17 +27,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         }
     }
 
-    /// A statement that ends some pins has run and its transaction is over.
+    /// A statement that ends some pins has run and its transaction is over: the pins
+    /// it ends are those taken before it in the client's stream.
     pub(super) fn apply_release(&mut self) {
-        match self.releasing.take() {
-            Some(Release::All) => self.unpin(),
-            Some(Release::Only(reason)) => {
-                self.pin_reasons.retain(|r| *r != reason);
-                if self.pin_reasons.is_empty() {
-                    self.unpin();
-                }
-            }
-            None => {}
+        let Some((release, at)) = self.releasing.take() else {
+            return;
+        };
+        self.pin_reasons.retain(|&(reason, order)| {
+            let ended = match release {
+                Release::All => true,
+                Release::Only(r) => r == reason,
+            };
+            !ended || order > at
+        });
+        match self.pin_reasons.first() {
+            None => self.unpin(),
+            Some(&(first, _)) => self.pinned = Some(first),
         }
         if self.pinned.is_none() {
             tracing::debug!(user = %self.id.user, "session no longer pinned");

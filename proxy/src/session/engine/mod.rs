@@ -95,9 +95,14 @@ pub struct Engine<S> {
     /// Why the session keeps one backend (the first reason, for logs), and every
     /// reason still in force: the pin ends when the last one is released.
     pinned: Option<PinReason>,
-    pin_reasons: Vec<PinReason>,
-    /// A statement that ends pins ran; applied once its transaction is over.
-    releasing: Option<Release>,
+    /// Each reason with its place in the client's stream (see `order`).
+    pin_reasons: Vec<(PinReason, u64)>,
+    /// A statement that ends pins ran, at this place in the stream; applied once its
+    /// transaction is over, to the pins taken before it only (a client may pipeline a
+    /// DISCARD ALL and a LISTEN: the LISTEN's pin stays).
+    releasing: Option<(Release, u64)>,
+    /// Counts pins and releases in the order the client sent them.
+    order: u64,
     /// Settings the session has changed from the defaults; applied to every backend it
     /// is given.
     settings: Settings,
@@ -219,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             pinned: None,
             pin_reasons: Vec::new(),
             releasing: None,
+            order: 0,
             settings: Vec::new(),
             settings_dirty: false,
             custom_names: Default::default(),

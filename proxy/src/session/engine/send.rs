@@ -184,7 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 // release: its own pin is taken below.)
                 if self.pinned.is_some() {
                     if let Some(r) = crate::session::route::releases(sql) {
-                        self.releasing = Some(r);
+                        self.order += 1;
+                        self.releasing = Some((r, self.order));
                     }
                 }
                 if drops_statements(sql) {
