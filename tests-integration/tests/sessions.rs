@@ -2334,17 +2334,20 @@ async fn a_pipelined_release_ends_only_the_pins_before_it() {
         c.pool.size = 2;
     })
     .await;
-    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
     let notifier = env.connect().await;
     for (round, pinned_before) in [false, true].into_iter().enumerate() {
         let mut raw = Raw::login(env.port(), cluster::APP_USER, cluster::APP_DB).await;
         if pinned_before {
-            raw.send(&query("LISTEN earlier")).await;
+            raw.send(&query_msg("LISTEN earlier")).await;
             raw.until_ready().await;
             wait_pinned(&env, 1, "LISTEN to pin the session").await;
         }
         let channel = format!("later{round}");
-        let both = [query("DISCARD ALL"), query(&format!("LISTEN {channel}"))].concat();
+        let both = [
+            query_msg("DISCARD ALL"),
+            query_msg(&format!("LISTEN {channel}")),
+        ]
+        .concat();
         raw.send(&both).await;
         for what in ["DISCARD ALL", "LISTEN"] {
             let answer = raw.until_ready().await;
@@ -2358,7 +2361,7 @@ async fn a_pipelined_release_ends_only_the_pins_before_it() {
         // collects whatever has come before its answer.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            raw.send(&query("SELECT 1")).await;
+            raw.send(&query_msg("SELECT 1")).await;
             if raw.until_ready().await.iter().any(|m| m.tag == b'A') {
                 break;
             }
