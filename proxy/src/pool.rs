@@ -113,7 +113,7 @@ impl Pool {
             }
         };
         while let Some(conn) = self.pop_idle() {
-            if conn.is_closed() || conn.last_used.elapsed() > self.settings.idle_timeout {
+            if self.expired(&conn, Instant::now()) {
                 continue; // dropped: the socket closes
             }
             return Ok(Lease {
@@ -172,17 +172,22 @@ impl Pool {
     /// Close the idle connections unused for longer than `pool.idle_timeout` as of `now`,
     /// and any that closed meanwhile. How many went.
     pub fn close_expired(&self, now: Instant) -> usize {
-        let timeout = self.settings.idle_timeout;
         let expired: Vec<Box<BackendConn>> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
-                !c.is_closed() && now.saturating_duration_since(c.last_used) <= timeout
-            });
+            let (expired, keep) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|c| self.expired(c, now));
             *idle = keep;
             expired
         };
         // Closed here, outside the lock.
         expired.len()
+    }
+
+    /// An idle connection not to lease again: closed, or unused past `pool.idle_timeout`.
+    fn expired(&self, conn: &BackendConn, now: Instant) -> bool {
+        conn.is_closed()
+            || now.saturating_duration_since(conn.last_used) > self.settings.idle_timeout
     }
 
     /// Drop every idle connection (a node went down: they are dead or soon will be).

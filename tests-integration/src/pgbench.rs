@@ -42,8 +42,8 @@ pub struct Figures {
     pub transactions: u64,
     pub failed: u64,
     /// The whole machine's busy CPU time per transaction, in µs (0 when unknown): the
-    /// proxy, PostgreSQL and pgbench together. Steadier than TPS on a shared machine,
-    /// where transactions also wait on fsync and on each other.
+    /// proxy, PostgreSQL and pgbench together. At a fixed rate below capacity it is the
+    /// cost itself; saturated, it is only the machine's capacity over the TPS.
     pub cpu_us: f64,
 }
 

@@ -222,22 +222,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         kind: Hidden,
         prepared: bool,
     ) -> Result<(), ClientError> {
-        let (slot, name, sql) = match kind {
-            Hidden::WriteLsn => (0, "pgrelay_write_lsn", WRITE_LSN_SQL),
-            _ => (1, REPLAY_LSN_NAME, REPLAY_LSN_SQL),
-        };
         match self.lease.as_mut().map(|l| l.conn()) {
-            Some(conn) if prepared => {
-                let first = !std::mem::replace(&mut conn.own_prepared[slot], true);
-                self.wbuf
-                    .extend_from_slice(&protocol::frontend::build_run_prepared(
-                        name,
-                        first.then_some(sql),
-                    )?);
-            }
+            Some(conn) if prepared => self.wbuf.extend_from_slice(&run_lsn_query(conn, kind)?),
             _ => self
                 .wbuf
-                .extend_from_slice(&protocol::frontend::build_query(sql)?),
+                .extend_from_slice(&protocol::frontend::build_query(lsn_query(kind).2)?),
         }
         self.exp.push(Expect::Hidden(kind));
         if kind == Hidden::WriteLsn {
@@ -469,10 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 /// Ask a leased, idle replica connection for its replay position, outside the
 /// expectation queue (nothing else is in flight on it).
 async fn replay_position(conn: &mut crate::backend::BackendConn) -> Option<Lsn> {
-    let first = !std::mem::replace(&mut conn.own_prepared[1], true);
-    let query =
-        protocol::frontend::build_run_prepared(REPLAY_LSN_NAME, first.then_some(REPLAY_LSN_SQL))
-            .ok()?;
+    let query = run_lsn_query(conn, Hidden::ReplayCheck).ok()?;
     conn.stream.write_all(&query).await.ok()?;
     let mut lsn = None;
     loop {
@@ -489,6 +475,26 @@ async fn replay_position(conn: &mut crate::backend::BackendConn) -> Option<Lsn> 
             return None;
         }
     }
+}
+
+/// One of pgrelay's WAL-position queries: its slot in `own_prepared`, statement name and
+/// SQL.
+fn lsn_query(kind: Hidden) -> (usize, &'static str, &'static str) {
+    match kind {
+        Hidden::WriteLsn => (0, "pgrelay_write_lsn", WRITE_LSN_SQL),
+        _ => (1, REPLAY_LSN_NAME, REPLAY_LSN_SQL),
+    }
+}
+
+/// Run a WAL-position query as pgrelay's statement on `conn`, prepared with it the first
+/// time (no parsing or planning after that).
+fn run_lsn_query(
+    conn: &mut crate::backend::BackendConn,
+    kind: Hidden,
+) -> Result<bytes::Bytes, protocol::DecodeError> {
+    let (slot, name, sql) = lsn_query(kind);
+    let first = !std::mem::replace(&mut conn.own_prepared[slot], true);
+    protocol::frontend::build_run_prepared(name, first.then_some(sql))
 }
 
 /// The WAL position in a one-column DataRow.
