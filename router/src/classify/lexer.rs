@@ -274,20 +274,23 @@ impl<'a> Lexer<'a> {
     /// An identifier, unless it is a one-letter prefix glued to a quote (`E'`, `B'`,
     /// `X'`, `U&'`, `U&"`), which the server lexes as a literal of that kind.
     fn word(&mut self, start: usize) -> Tok<'a> {
-        let first = self.at(start).unwrap_or_default().to_ascii_lowercase();
-        match (first, self.at(start + 1), self.at(start + 2)) {
-            (b'e', Some(b'\''), _) => return self.string(start + 2, Quoting::Escape),
-            (b'b' | b'x', Some(b'\''), _) => return self.string(start + 2, Quoting::Bit),
-            (b'u', Some(b'&'), Some(b'\'')) => return self.string(start + 3, Quoting::Unicode),
-            (b'u', Some(b'&'), Some(b'"')) => return self.quoted(start + 3, true),
-            _ => {}
+        if matches!(self.at(start + 1), Some(b'\'' | b'&')) {
+            let first = self.at(start).unwrap_or_default().to_ascii_lowercase();
+            match (first, self.at(start + 1), self.at(start + 2)) {
+                (b'e', Some(b'\''), _) => return self.string(start + 2, Quoting::Escape),
+                (b'b' | b'x', Some(b'\''), _) => return self.string(start + 2, Quoting::Bit),
+                (b'u', Some(b'&'), Some(b'\'')) => return self.string(start + 3, Quoting::Unicode),
+                (b'u', Some(b'&'), Some(b'"')) => return self.quoted(start + 3, true),
+                _ => {}
+            }
         }
-        let rest = self.src.get(start + 1..).unwrap_or_default();
-        let len = rest
-            .iter()
-            .position(|&b| !IDENT_CONT[usize::from(b)])
-            .unwrap_or(rest.len());
-        let i = start + 1 + len;
+        let mut i = start + 1;
+        while let Some(&b) = self.src.get(i) {
+            if !IDENT_CONT[usize::from(b)] {
+                break;
+            }
+            i += 1;
+        }
         self.pos = i;
         Tok::Word(self.slice(start, i))
     }
