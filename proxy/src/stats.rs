@@ -147,11 +147,13 @@ impl Stats {
         self.record(node, took, Instant::now());
     }
 
-    /// A unit whose last message went to `node` at `sent` is answered now. (The clock is
-    /// read once for both the latency and the window: it costs the hot path.)
-    pub fn latency_since(&self, node: NodeId, sent: Instant) {
+    /// A unit whose last message went to `node` at `sent` is answered now, which is
+    /// returned. (The clock is read once for the latency, the window and the caller: it
+    /// costs the hot path.)
+    pub fn latency_since(&self, node: NodeId, sent: Instant) -> Instant {
         let now = Instant::now();
         self.record(node, now.saturating_duration_since(sent), now);
+        now
     }
 
     fn record(&self, node: NodeId, took: Duration, now: Instant) {

@@ -75,7 +75,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 continue;
             }
-            let mut unit: Vec<Frame> = (0..n).filter_map(|_| self.pop_queued()).collect();
+            let mut unit = std::mem::take(&mut self.unit_frames);
+            unit.extend((0..n).filter_map(|_| self.pop_queued()));
             if let Some(notice) = self.lost.take() {
                 if self.abort_pending && crate::session::route::ends_transaction(&unit) {
                     // The client is ending the transaction that was lost: it is over.
@@ -83,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     self.tx = TxStatus::Idle;
                 }
                 self.refuse_unit(&unit, &notice);
+                self.keep_unit_buffer(unit);
                 continue;
             }
             let mut each = std::mem::take(&mut self.unit_classes);
@@ -95,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     class = Class::Write;
                 } else if level == router::Consistency::Global && self.global_first(&mut unit).await
                 {
+                    self.keep_unit_buffer(unit);
                     return Ok(()); // the read waits for the primary's position
                 }
             }
@@ -109,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 Err(e) => {
                     self.unit_classes = each;
                     self.fail_unit(&unit, &e);
+                    self.keep_unit_buffer(unit);
                     continue;
                 }
             };
@@ -131,10 +135,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 self.check = Some(floor);
                 self.push_lsn_query(Hidden::ReplayCheck, true)?;
             }
-            for (f, c) in unit.into_iter().zip(each.drain(..)) {
-                self.send_classified(f, c)?;
-            }
+            let sent = unit
+                .drain(..)
+                .zip(each.drain(..))
+                .try_for_each(|(f, c)| self.send_classified(f, c));
             self.unit_classes = each;
+            self.keep_unit_buffer(unit);
+            sent?;
             if replica && ends && self.level.tracks_floor() {
                 // What this read saw is not read back (a query per read would cost the
                 // replica as much as the read): while the session stays on this replica,
@@ -149,6 +156,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the unit buffer's allocation for the next unit, but none of its frames.
+    fn keep_unit_buffer(&mut self, mut unit: Vec<Frame>) {
+        unit.clear();
+        self.unit_frames = unit;
     }
 
     /// An autocommit read just sent to the primary. Later reads must not go back from

@@ -129,26 +129,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     }
 
     pub(super) async fn acquire(&mut self, node: NodeId) -> Result<Lease, ClientError> {
-        let pool = match self.pools.get(node.0).and_then(|p| p.clone()) {
-            Some(p) => p,
-            None => {
-                let spec = self.ctx.nodes.get(node.0).ok_or(ClientError::NoNode)?;
-                let key = PoolKey {
-                    node,
-                    user: self.id.user.clone(),
-                    database: self.id.database.clone(),
-                    params: self.id.params.clone(),
-                };
-                let pool =
-                    self.ctx
-                        .pools
-                        .get(&key, &spec.name, &spec.addr, self.id.password.as_deref());
-                if let Some(slot) = self.pools.get_mut(node.0) {
-                    *slot = Some(pool.clone());
-                }
-                pool
-            }
+        if let Some(Some(pool)) = self.pools.get(node.0) {
+            // Borrowed, not cloned: the lease takes its own reference.
+            return Ok(pool.acquire().await?);
+        }
+        let spec = self.ctx.nodes.get(node.0).ok_or(ClientError::NoNode)?;
+        let key = PoolKey {
+            node,
+            user: self.id.user.clone(),
+            database: self.id.database.clone(),
+            params: self.id.params.clone(),
         };
+        let pool = self
+            .ctx
+            .pools
+            .get(&key, &spec.name, &spec.addr, self.id.password.as_deref());
+        if let Some(slot) = self.pools.get_mut(node.0) {
+            *slot = Some(pool.clone());
+        }
         Ok(pool.acquire().await?)
     }
 

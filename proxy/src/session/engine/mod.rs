@@ -173,9 +173,15 @@ pub struct Engine<S> {
     retry_reason: Option<Reason>,
     /// When each unit awaiting its ReadyForQuery was sent (for latency).
     unit_sent: VecDeque<std::time::Instant>,
+    /// When the last answer to a unit came in (read for its latency): the time the
+    /// backend was last used, if it is released next.
+    answered_at: Option<std::time::Instant>,
     /// The class of each Query and Parse of the unit being routed (kept for its
     /// allocation).
     unit_classes: Vec<Option<Class>>,
+    /// The frames of the unit being routed, likewise kept for its allocation (empty
+    /// between units).
+    unit_frames: Vec<Frame>,
 }
 
 type Shown = (
@@ -261,6 +267,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             retry_reason: None,
             unit_sent: VecDeque::new(),
             unit_classes: Vec::new(),
+            unit_frames: Vec::new(),
+            answered_at: None,
         }
     }
 
@@ -288,19 +296,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             let read_client =
                 self.queued_bytes < QUEUE_CAP && self.cbuf.len() < self.ctx.max_message + QUEUE_CAP;
+            // Backend first: woken by an answer, the session then skips polling the
+            // client socket, which has nothing to say in the usual request-response
+            // turn (no random branch order either). The client cannot starve: a
+            // backend answers only what was sent, and its socket drains.
+            if read_client {
+                // As for backend reads (see `MIN_READ`), a smaller free tail for the
+                // small messages of an idle session's buffer.
+                self.cbuf.reserve(MIN_CLIENT_READ);
+            }
             tokio::select! {
-                n = self.client.read_buf(&mut self.cbuf), if read_client => {
-                    match n {
-                        Ok(0) | Err(_) => { self.closing = true; return Ok(()); }
-                        Ok(_) => {}
-                    }
-                }
+                biased;
                 n = read_backend(&mut self.lease) => {
                     match n {
                         Ok(0) | Err(_) => self.backend_lost(),
                         Ok(_) => self.process_backend()?,
                     }
                     self.after_backend().await?;
+                }
+                n = self.client.read_buf(&mut self.cbuf), if read_client => {
+                    match n {
+                        Ok(0) | Err(_) => { self.closing = true; return Ok(()); }
+                        Ok(_) => {}
+                    }
                 }
             }
         }
@@ -456,6 +474,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
 /// past this: a session that once moved a big result must not keep the memory idle.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
+/// Free space a backend read gets at least.
+const MIN_READ: usize = 4096;
+
+/// Free space a client read gets at least.
+const MIN_CLIENT_READ: usize = 512;
+
 /// Empties a buffer that has been written out, giving back an oversized allocation.
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > KEEP_CAPACITY {
@@ -497,6 +521,10 @@ async fn read_backend(lease: &mut Option<Lease>) -> std::io::Result<usize> {
     match lease {
         Some(l) => {
             let c = l.conn();
+            // Answers are consumed from the front of the buffer, so its free tail
+            // shrinks; a read into a tail of a few bytes would split an answer over two
+            // reads. Reserving moves the (usually empty) rest back to the start instead.
+            c.rbuf.reserve(MIN_READ);
             c.stream.read_buf(&mut c.rbuf).await
         }
         None => std::future::pending().await,

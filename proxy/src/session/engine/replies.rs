@@ -132,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if o.ready {
                 if o.forward {
                     if let Some(sent) = self.unit_sent.pop_front() {
-                        self.ctx.stats.latency_since(lease.node(), sent);
+                        self.answered_at = Some(self.ctx.stats.latency_since(lease.node(), sent));
                     }
                 }
                 self.tx =
@@ -220,7 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             if !lease.conn_ref().discard {
-                lease.release();
+                let last_used = self.answered_at.take();
+                lease.release_at(last_used.unwrap_or_else(std::time::Instant::now));
             }
         }
         self.route = None;
