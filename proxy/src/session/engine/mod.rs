@@ -296,15 +296,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             }
             let read_client =
                 self.queued_bytes < QUEUE_CAP && self.cbuf.len() < self.ctx.max_message + QUEUE_CAP;
-            // Backend first: woken by an answer, the session then skips polling the
-            // client socket, which has nothing to say in the usual request-response
-            // turn (no random branch order either). The client cannot starve: a
-            // backend answers only what was sent, and its socket drains.
             if read_client {
                 // As for backend reads (see `MIN_READ`), a smaller free tail for the
                 // small messages of an idle session's buffer.
                 self.cbuf.reserve(MIN_CLIENT_READ);
             }
+            // Backend first: woken by an answer, the session then skips polling the
+            // client socket, which has nothing to say in the usual request-response
+            // turn (no random branch order either). The client cannot starve: a
+            // backend answers only what was sent, and its socket drains.
             tokio::select! {
                 biased;
                 n = read_backend(&mut self.lease) => {
