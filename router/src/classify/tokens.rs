@@ -7,7 +7,8 @@ use super::lexer::{Lexer, Tok};
 ///
 /// The lookahead is a token and a flag rather than an `Option<Option<Tok>>`: moving the
 /// nested option in and out compiled to unaligned partial copies that stalled the CPU
-/// on every token (a third of the classifier's time).
+/// on every token (`cargo bench -p router --bench classify`, pgbench's `-S` query:
+/// 184 ns with the nested option, 155 ns without).
 pub(super) struct Tokens<'a> {
     lexer: Lexer<'a>,
     peeked: Option<Tok<'a>>,

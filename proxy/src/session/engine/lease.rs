@@ -123,6 +123,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         let conn = lease.conn_ref();
         self.cancel.slot.set(&conn.cancel);
         self.lease = Some(lease);
+        // Only an answer on this backend can say when it was last used.
+        self.answered_at = None;
         self.route = Some(route);
         self.prepare_backend()?;
         Ok(check)

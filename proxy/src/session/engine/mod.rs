@@ -173,8 +173,10 @@ pub struct Engine<S> {
     retry_reason: Option<Reason>,
     /// When each unit awaiting its ReadyForQuery was sent (for latency).
     unit_sent: VecDeque<std::time::Instant>,
-    /// When the last answer to a unit came in (read for its latency): the time the
-    /// backend was last used, if it is released next.
+    /// When the last answer to a unit on the current lease came in (read for its
+    /// latency): the time the backend was last used, if it is released next. Cleared
+    /// with each new lease, so a stale time never makes a pooled backend look idle
+    /// for longer than it was (and closed early as expired).
     answered_at: Option<std::time::Instant>,
     /// The class of each Query and Parse of the unit being routed (kept for its
     /// allocation).
