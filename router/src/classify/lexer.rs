@@ -89,6 +89,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// Skips whitespace and comments; `None` if a block comment never ends.
+    #[inline(always)]
     fn skip_trivia(&mut self) -> Option<()> {
         loop {
             match self.at(self.pos) {
@@ -273,6 +274,7 @@ impl<'a> Lexer<'a> {
 
     /// An identifier, unless it is a one-letter prefix glued to a quote (`E'`, `B'`,
     /// `X'`, `U&'`, `U&"`), which the server lexes as a literal of that kind.
+    #[inline(always)]
     fn word(&mut self, start: usize) -> Tok<'a> {
         if matches!(self.at(start + 1), Some(b'\'' | b'&')) {
             let first = self.at(start).unwrap_or_default().to_ascii_lowercase();
@@ -317,6 +319,8 @@ static IDENT_CONT: [bool; 256] = {
 impl<'a> Iterator for Lexer<'a> {
     type Item = Tok<'a>;
 
+    /// Always inlined, with `skip_trivia` and `word`: see `Tokens` for why.
+    #[inline(always)]
     fn next(&mut self) -> Option<Tok<'a>> {
         if self.skip_trivia().is_none() {
             return Some(self.fail());
