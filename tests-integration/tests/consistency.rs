@@ -887,17 +887,18 @@ async fn a_transaction_rerun_on_the_primary_leaves_no_transaction_on_the_replica
     );
 }
 
-/// Reads on the primary move the floor only when another node could serve a later read:
-/// with a single node pgrelay asks for no WAL position after reads (the hot path of a
-/// proxy in front of a lone primary), and still does after a write (the causal token).
+/// With a single node the floor routes nothing: pgrelay asks for no WAL position after
+/// reads or writes (the hot path of a proxy in front of a lone primary), only when the
+/// client asks for its causal token, which then lies past the session's last commit
+/// (asked in simple or extended protocol, outside or inside a transaction).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_primary_costs_reads_no_wal_position_query() {
+async fn a_lone_primary_asks_wal_positions_only_for_the_token() {
     let lone = ClusterConfig {
         replicas: 0,
         ..ClusterConfig::default()
     };
     let env = start_with(lone, |_| {}).await;
-    let c = env.connect().await;
+    let (c, direct) = (env.connect().await, env.connect_direct(0).await);
     let asked = || write_positions_asked(&env);
     for _ in 0..20 {
         value(&c, "SELECT 1").await;
@@ -914,8 +915,52 @@ async fn a_lone_primary_costs_reads_no_wal_position_query() {
         stats.routed_count(node, pgrelay::stats::Reason::RywFallback),
         0
     );
+
     exec(&c, "CREATE TABLE lone (x int)").await;
-    assert_eq!(asked(), 1, "a write learns its position");
+    exec(&c, "INSERT INTO lone VALUES (1)").await;
+    exec(&c, "BEGIN; INSERT INTO lone VALUES (2); COMMIT").await;
+    for sql in ["BEGIN", "INSERT INTO lone VALUES (3)", "COMMIT"] {
+        exec(&c, sql).await;
+    }
+    let r = within(
+        "insert",
+        c.execute("INSERT INTO lone VALUES ($1)", &[&4i32]),
+    )
+    .await;
+    r.expect("insert");
+    assert_eq!(asked(), 0, "writes asked for the WAL position");
+    let committed = insert_lsn(&direct).await;
     let token = lsn(&show(&c, "pgrelay.last_write_lsn").await);
-    assert!(token > 0);
+    assert_eq!(asked(), 1, "the token is learnt once asked for");
+    assert!(
+        token >= committed,
+        "token {token:X} behind the last commit {committed:X}"
+    );
+    let again = lsn(&show(&c, "pgrelay.last_write_lsn").await);
+    assert_eq!(again, token, "no write since: the same token");
+    assert_eq!(asked(), 1, "no write since: nothing asked");
+
+    // Extended protocol, as drivers that prepare everything ask.
+    exec(&c, "INSERT INTO lone VALUES (5)").await;
+    let committed = insert_lsn(&direct).await;
+    let row = within("show", c.query_one("SHOW pgrelay.last_write_lsn", &[])).await;
+    let token: String = row.expect("SHOW").get(0);
+    assert!(lsn(&token) >= committed, "extended: token {token} behind");
+
+    // Inside a transaction, the token covers the commits before it.
+    exec(&c, "INSERT INTO lone VALUES (6)").await;
+    let committed = insert_lsn(&direct).await;
+    exec(&c, "BEGIN").await;
+    let inside = lsn(&show(&c, "pgrelay.last_write_lsn").await);
+    exec(&c, "INSERT INTO lone VALUES (7)").await;
+    exec(&c, "COMMIT").await;
+    assert!(
+        inside >= committed,
+        "in a transaction: token {inside:X} behind {committed:X}"
+    );
+    assert_eq!(asked(), 3);
+    assert_eq!(
+        value(&c, "SELECT count(*) FROM lone").await.as_deref(),
+        Some("7")
+    );
 }

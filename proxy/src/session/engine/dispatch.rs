@@ -48,6 +48,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     // to it swallowed so far are not the client's, its own are to come.
                     return Ok(());
                 }
+                if self.token_owed {
+                    match self.settle_token().await {
+                        Ok(()) => return Ok(()), // answered once the position is in
+                        Err(e) => {
+                            let unit: Vec<Frame> =
+                                (0..n).filter_map(|_| self.pop_queued()).collect();
+                            self.fail_unit(&unit, &e);
+                            continue;
+                        }
+                    }
+                }
                 if let Some(cmd) = self.intercepted(n) {
                     self.pop_queued();
                     self.run_command(cmd);
@@ -173,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         if !std::mem::take(&mut self.wrote) || !self.level.tracks_floor() {
             return Ok(());
         }
-        if self.ctx.nodes.len() > 1 {
+        if self.floor_matters() {
             self.push_lsn_query(Hidden::WriteLsn, true)?;
         }
         Ok(())

@@ -152,6 +152,12 @@ pub struct Engine<S> {
     /// A statement that may write (or, when the floor is kept, any statement) ran on
     /// the primary since the floor was last learnt.
     wrote: bool,
+    /// With a single node, commits whose position was not asked (`floor_matters`): the
+    /// floor is behind them until the client asks for a `pgrelay.*` value.
+    token_owed: bool,
+    /// The position being asked is owed to the token (`settle_token`): any position
+    /// read now is past those commits, even one read inside a transaction.
+    settling: bool,
     /// Statements ran on a replica since its position was last read.
     replica_dirty: bool,
     global: floor::GlobalProbe,
@@ -255,6 +261,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             write_lsn: None,
             unit_end: None,
             wrote: false,
+            token_owed: false,
+            settling: false,
             replica_dirty: false,
             global: Default::default(),
             check: None,

@@ -254,6 +254,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.route = None;
         self.capturing = false;
         self.learning_write = false;
+        if std::mem::take(&mut self.settling) {
+            self.token_owed = true; // asked again, on the next backend
+        }
         self.cancel.slot.clear();
         let held = self.hold.take();
         self.streaming = false;
