@@ -963,4 +963,25 @@ async fn a_lone_primary_asks_wal_positions_only_for_the_token() {
         value(&c, "SELECT count(*) FROM lone").await.as_deref(),
         Some("7")
     );
+
+    // A session that only reads (at `session`, or at `global`, whose reads need no
+    // probe of the primary here) gets a token past what it read.
+    for level in ["session", "global"] {
+        let r = env.connect().await;
+        exec(&r, &format!("SET pgrelay.consistency = {level}")).await;
+        let before = asked();
+        let seen = insert_lsn(&direct).await;
+        for _ in 0..5 {
+            value(&r, "SELECT count(*) FROM lone").await;
+        }
+        exec(&r, "SET pgrelay.consistency = session").await;
+        assert_eq!(
+            asked(),
+            before,
+            "{level}: reads or a SET asked for a position"
+        );
+        let token = lsn(&show(&r, "pgrelay.last_write_lsn").await);
+        assert!(token >= seen, "{level}: token {token:X} behind the reads");
+        assert_eq!(asked(), before + 1);
+    }
 }

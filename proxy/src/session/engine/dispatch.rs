@@ -48,7 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                     // to it swallowed so far are not the client's, its own are to come.
                     return Ok(());
                 }
-                if self.token_owed {
+                if self.token_owed && self.unit_shows_floor(n) {
                     match self.settle_token().await {
                         Ok(()) => return Ok(()), // answered once the position is in
                         Err(e) => {
@@ -179,13 +179,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// what it saw, so the floor moves to the primary's WAL position right after it:
     /// asked in the same write, so it costs no round trip of its own (instead of being
     /// asked once the read's answer is in). With a single node there is no other node
-    /// to go back on, so nothing is asked at all.
+    /// to go back on: the position is owed to the token only, learnt if it is asked for.
     pub(super) fn read_on_primary(&mut self) -> Result<(), ClientError> {
         if !std::mem::take(&mut self.wrote) || !self.level.tracks_floor() {
             return Ok(());
         }
         if self.floor_matters() {
             self.push_lsn_query(Hidden::WriteLsn, true)?;
+        } else {
+            self.token_owed = true;
         }
         Ok(())
     }

@@ -20,6 +20,22 @@ const REPLAY_LSN_SQL: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(
 /// How long a replica behind the floor is asked again without a pause.
 const AT_ONCE: Duration = Duration::from_millis(1);
 
+/// `SHOW pgrelay.last_write_lsn` or `pgrelay.min_read_lsn`: as a query, or a Parse or
+/// a Bind of one.
+fn shows_floor(f: &Frame, commands: &CommandStatements) -> bool {
+    use protocol::frontend as fe;
+    let floor = |c: &Command| matches!(c, Command::Show(Shown::LastWriteLsn | Shown::MinReadLsn));
+    match f.tag() {
+        b'Q' => fe::query(f).ok().and_then(cons::intercept),
+        b'P' => fe::parse(f).ok().and_then(|p| cons::intercept(p.sql)),
+        b'B' => fe::bind(f)
+            .ok()
+            .and_then(|b| commands.get(b.statement).cloned()),
+        _ => None,
+    }
+    .is_some_and(|c| floor(&c))
+}
+
 /// What to do with a replica leased for a read with a floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Vet {
@@ -205,9 +221,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         Ok(())
     }
 
+    /// Does the unit of the next `n` queued messages ask for the floor?
+    pub(super) fn unit_shows_floor(&self, n: usize) -> bool {
+        self.queued
+            .iter()
+            .take(n)
+            .any(|f| shows_floor(f, &self.commands))
+    }
+
     /// A `global` read must first learn the primary's position. True when the unit has
     /// been put back to wait for it.
     pub(super) async fn global_first(&mut self, unit: &mut Vec<Frame>) -> bool {
+        if !self.floor_matters() {
+            // It runs on the primary itself; the token is learnt when asked for.
+            self.token_owed = true;
+            return false;
+        }
         match std::mem::take(&mut self.global) {
             GlobalProbe::Ready => return false,
             GlobalProbe::Failed => {
