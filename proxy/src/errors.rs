@@ -51,6 +51,12 @@ pub enum ClientError {
     Decode(#[from] protocol::DecodeError),
     #[error("client connection failed: {0}")]
     Io(#[from] std::io::Error),
+    /// With a single node the causal token is read when asked for; it cannot be read
+    /// inside a failed transaction, where PostgreSQL runs nothing either.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TokenInFailedTransaction,
+    #[error("pgrelay could not read the primary's WAL position for the causal token; ask again")]
+    TokenUnknown,
 }
 
 impl ClientError {
@@ -80,6 +86,8 @@ impl ClientError {
                 B::Protocol(_) | B::Frame(_) => "08P01",
             },
             Self::BackendLost(_) | Self::Io(_) => "08006",
+            Self::TokenInFailedTransaction => "25P02",
+            Self::TokenUnknown => "55000",
             Self::Server(fields) => fields.code.as_str(),
         }
     }
@@ -163,6 +171,8 @@ mod tests {
             (ClientError::NoReplica, "57P03"),
             (ClientError::BackendLost("pg0".into()), "08006"),
             (ClientError::UnexpectedMessage('x'), "08P01"),
+            (ClientError::TokenInFailedTransaction, "25P02"),
+            (ClientError::TokenUnknown, "55000"),
             (
                 ClientError::UnsupportedProtocol { major: 2, minor: 0 },
                 "0A000",

@@ -964,6 +964,17 @@ async fn a_lone_primary_asks_wal_positions_only_for_the_token() {
         Some("7")
     );
 
+    // In a failed transaction nothing can be read, the position either: an error, as
+    // PostgreSQL answers there, never a token behind the commits.
+    exec(&c, "INSERT INTO lone VALUES (8)").await;
+    let committed = insert_lsn(&direct).await;
+    exec(&c, "BEGIN").await;
+    fails(&c, "SELECT 1/0").await;
+    assert_eq!(fails(&c, "SHOW pgrelay.last_write_lsn").await, "25P02");
+    exec(&c, "ROLLBACK").await;
+    let after = lsn(&show(&c, "pgrelay.last_write_lsn").await);
+    assert!(after >= committed, "after ROLLBACK: token {after:X} behind");
+
     // A session that only reads (at `session`, or at `global`, whose reads need no
     // probe of the primary here) gets a token past what it read.
     for level in ["session", "global"] {

@@ -211,6 +211,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     /// The unit that asked waits for the answer (`learning_write`), as a read waits for
     /// the floor after a write.
     pub(super) async fn settle_token(&mut self) -> Result<(), ClientError> {
+        if self.tx == TxStatus::Failed {
+            return Err(ClientError::TokenInFailedTransaction);
+        }
+        if std::mem::take(&mut self.token_failed) {
+            return Err(ClientError::TokenUnknown); // once; the next ask tries again
+        }
         if self.lease.is_none() {
             self.lease_for(Class::Write, false).await?;
         }
@@ -369,7 +375,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             if std::mem::take(&mut self.settling) {
                 match self.write_lsn.take() {
                     Some(lsn) => self.floor = self.floor.max(lsn),
-                    None => self.token_owed = true, // asked again next time
+                    None => {
+                        // The unit that asked gets an error instead of a stale token.
+                        self.token_owed = true;
+                        self.token_failed = true;
+                    }
                 }
                 return;
             }

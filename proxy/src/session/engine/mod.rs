@@ -158,6 +158,9 @@ pub struct Engine<S> {
     /// The position being asked is owed to the token (`settle_token`): any position
     /// read now is past those commits, even one read inside a transaction.
     settling: bool,
+    /// The last position asked for the token did not come: the unit that asked gets
+    /// an error rather than a token behind its commits.
+    token_failed: bool,
     /// Statements ran on a replica since its position was last read.
     replica_dirty: bool,
     global: floor::GlobalProbe,
@@ -263,6 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             wrote: false,
             token_owed: false,
             settling: false,
+            token_failed: false,
             replica_dirty: false,
             global: Default::default(),
             check: None,
