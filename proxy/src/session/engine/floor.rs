@@ -26,14 +26,17 @@ fn shows_floor(f: &Frame, commands: &CommandStatements) -> bool {
     use protocol::frontend as fe;
     let floor = |c: &Command| matches!(c, Command::Show(Shown::LastWriteLsn | Shown::MinReadLsn));
     match f.tag() {
-        b'Q' => fe::query(f).ok().and_then(cons::intercept),
-        b'P' => fe::parse(f).ok().and_then(|p| cons::intercept(p.sql)),
-        b'B' => fe::bind(f)
+        b'Q' => fe::query(f)
             .ok()
-            .and_then(|b| commands.get(b.statement).cloned()),
-        _ => None,
+            .and_then(cons::intercept)
+            .is_some_and(|c| floor(&c)),
+        b'P' => fe::parse(f)
+            .ok()
+            .and_then(|p| cons::intercept(p.sql))
+            .is_some_and(|c| floor(&c)),
+        b'B' => fe::bind(f).is_ok_and(|b| commands.get(b.statement).is_some_and(floor)),
+        _ => false,
     }
-    .is_some_and(|c| floor(&c))
 }
 
 /// What to do with a replica leased for a read with a floor.
@@ -434,13 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
     pub(super) fn learn_floor(&mut self) -> Result<bool, ClientError> {
         let primary = matches!(self.route, Some(Route::Primary(_)));
         if std::mem::take(&mut self.wrote) && primary && self.level != Consistency::Eventual {
-            if !self.floor_matters() {
-                self.token_owed = true;
-                return Ok(false);
-            }
-            self.push_lsn_query(Hidden::WriteLsn, true)?;
-            self.learning_write = true;
-            return Ok(true);
+            return self.learn_write_position();
         }
         if std::mem::take(&mut self.replica_dirty) && !primary && self.level.tracks_floor() {
             self.push_lsn_query(Hidden::ReplayAfter, true)?;
@@ -471,13 +468,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             return Ok(());
         }
         self.wrote = false;
+        self.learn_write_position()?;
+        Ok(())
+    }
+
+    /// Ask the primary's position after a write, to become the floor: kept until it
+    /// answers. With a single node it is only owed to the token. True when asked.
+    fn learn_write_position(&mut self) -> Result<bool, ClientError> {
         if !self.floor_matters() {
             self.token_owed = true;
-            return Ok(());
+            return Ok(false);
         }
         self.push_lsn_query(Hidden::WriteLsn, true)?;
         self.learning_write = true;
-        Ok(())
+        Ok(true)
     }
 
     /// The checked replica was behind the floor. Wait on it, up to
