@@ -351,10 +351,15 @@ fn run() -> Result<()> {
         ("pgrelay, 1+2 routing", relay_cluster),
     ] {
         if let Ok((mut proc, _)) = s {
-            if let Ok(kib) = sys::vm_kib(proc.pid(), "VmHWM") {
-                peaks.push(format!("{what}: peak RSS {:.1} MiB", kib as f64 / 1024.0));
-            }
+            let rss = sys::vm_kib(proc.pid(), "VmHWM");
             proc.stop();
+            if let Ok(kib) = rss {
+                peaks.push(format!(
+                    "{what}: peak RSS {:.1} MiB over all pgbench cells (VmHWM); its log shows {} node state changes away from up",
+                    kib as f64 / 1024.0,
+                    targets::health_warnings(&proc.log)
+                ));
+            }
         }
     }
     if let Ok((mut proc, _)) = bouncer {
@@ -501,7 +506,7 @@ fn memory_lines(m: &std::result::Result<Memory, String>, peaks: &[String]) -> Ve
         Err(e) => lines.push(format!("memory measurement failed: {e}")),
     }
     for p in peaks {
-        lines.push(format!("{p} over all pgbench cells (VmHWM)"));
+        lines.push(p.clone());
     }
     lines
 }

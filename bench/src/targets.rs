@@ -67,6 +67,16 @@ impl Proc {
     }
 }
 
+/// How often pgrelay logged a node leaving `Up` (suspect, down, lagging: logged as
+/// warnings), so a run shows whether heartbeats held under its load.
+pub fn health_warnings(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |text| {
+        text.lines()
+            .filter(|l| l.contains("node state changed") && l.contains("WARN"))
+            .count()
+    })
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
@@ -146,7 +156,10 @@ pub fn start_pgrelay(bin: &Path, spec: &PgrelaySpec<'_>, logs: &Path) -> Result<
     let child = cmd
         .arg("--config")
         .arg(&config)
-        .env("PGRELAY_LOG", "warn")
+        .env(
+            "PGRELAY_LOG",
+            std::env::var("BENCH_PGRELAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)

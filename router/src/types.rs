@@ -94,10 +94,10 @@ impl Lsn {
 pub enum NodeState {
     /// Answering heartbeats; a replica is within the lag bounds.
     Up,
-    /// Missed its latest heartbeat. Still the primary for writes (a dead one fails them
+    /// Its latest heartbeat failed, or is overdue past its timeout. Still the primary for writes (a dead one fails them
     /// anyway), but reads go elsewhere until it answers again.
     Suspect,
-    /// Missed heartbeats for longer than two intervals, or never answered: never routed to.
+    /// Two heartbeats in a row failed (or are overdue), or never answered: never routed to.
     Down,
     /// A replica that answers but is over a lag bound: no reads until back under.
     Lagging,

@@ -125,11 +125,17 @@ fn failure_detection_table() {
         (&[E::Ok(0), E::Fail(250), E::Fail(500)], Down),
         (&[E::Ok(0), E::Fail(250), E::Ok(500)], Up),
         (&[E::Ok(0), E::Fail(250), E::Fail(500), E::Ok(750)], Up),
-        // Silent (a beat hangs): suspect past two intervals, down past two plus the timeout.
-        (&[E::Ok(0), E::Tick(500)], Up),
-        (&[E::Ok(0), E::Tick(501)], Suspect),
-        (&[E::Ok(0), E::Tick(1000)], Suspect),
-        (&[E::Ok(0), E::Tick(1001)], Down),
+        // Silent (a beat never reports): suspect once a beat would have timed out
+        // (interval + timeout = 750 ms), down once a second one would have (1,250 ms).
+        (&[E::Ok(0), E::Tick(501)], Up),
+        (&[E::Ok(0), E::Tick(750)], Up),
+        (&[E::Ok(0), E::Tick(751)], Suspect),
+        (&[E::Ok(0), E::Tick(1250)], Suspect),
+        (&[E::Ok(0), E::Tick(1251)], Down),
+        // A slow beat (started at 250 ms, answered after 450 of its 500 ms) is an
+        // answer, not a suspicion.
+        (&[E::Ok(0), E::Tick(690), E::Ok(700)], Up),
+        (&[E::Ok(0), E::Fail(750), E::Tick(1251)], Down),
         (&[E::Fail(0)], Down),
         (&[E::Tick(0)], Down),
     ];
@@ -279,10 +285,10 @@ fn initial_snapshot_seeds_the_tracker() {
     let initial = w.tracker.topology().clone();
     let t0 = w.at(0);
     let mut again = Tracker::new(specs(2), settings(), initial.clone(), t0);
-    // No beat yet, within two intervals: nothing changes.
-    assert!(again.step(Event::Tick { at: t0 + I }).is_empty());
+    // No beat yet, but none overdue (interval + timeout = 750 ms): nothing changes.
+    assert!(again.step(Event::Tick { at: t0 + 3 * I }).is_empty());
     assert_eq!(again.topology(), &initial);
-    let quiet = again.step(Event::Tick { at: t0 + 3 * I });
+    let quiet = again.step(Event::Tick { at: t0 + 4 * I });
     assert!(!quiet.is_empty());
     assert!(again.topology().replicas().next().is_none());
 }
