@@ -12,6 +12,7 @@
 //! - **Down**: two beats in a row failed, or quiet for longer than two beats could take
 //!   to fail (`interval + 2 × timeout`), or never answered. Never routed to; its role is
 //!   forgotten (`Unknown`) and its idle pooled connections are dropped.
+//! - **Lagging**: a replica over a lag bound, until it is back under half of every bound.
 //!
 //! A beat that is slow but within its timeout is an answer, not a failure. Silence alone
 //! is only a backstop for a beat that never reports: on a saturated host a healthy
@@ -19,7 +20,6 @@
 //! `SELECT 1` on an idle PostgreSQL took 958 ms while another cluster saturated both
 //! cores), and suspecting it after two intervals sent every node, in every pgrelay on
 //! the machine, to Suspect and back within a few milliseconds.
-//! - **Lagging**: a replica over a lag bound, until it is back under half of every bound.
 
 use crate::lag::{measure, ReplicaWal, WalHistory};
 use crate::probe::{NodeSpec, Sample};
