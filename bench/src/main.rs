@@ -505,9 +505,7 @@ fn memory_lines(m: &std::result::Result<Memory, String>, peaks: &[String]) -> Ve
         }
         Err(e) => lines.push(format!("memory measurement failed: {e}")),
     }
-    for p in peaks {
-        lines.push(p.clone());
-    }
+    lines.extend(peaks.iter().cloned());
     lines
 }
 

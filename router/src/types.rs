@@ -94,8 +94,9 @@ impl Lsn {
 pub enum NodeState {
     /// Answering heartbeats; a replica is within the lag bounds.
     Up,
-    /// Its latest heartbeat failed, or is overdue past its timeout. Still the primary for writes (a dead one fails them
-    /// anyway), but reads go elsewhere until it answers again.
+    /// Its latest heartbeat failed, or is overdue past its timeout. Still the primary for
+    /// writes (a dead one fails them anyway), but reads go elsewhere until it answers
+    /// again.
     Suspect,
     /// Two heartbeats in a row failed (or are overdue), or never answered: never routed to.
     Down,
