@@ -2,7 +2,6 @@
 //! ErrorResponse with a real SQLSTATE and a readable message. Every other module returns
 //! typed errors and lets this module decide what the client sees.
 
-use crate::backend::ServerError;
 use bytes::Bytes;
 use protocol::backend::{ErrorMessage, Severity};
 use router::NodeId;
@@ -45,8 +44,6 @@ pub enum ClientError {
     BackendLost(String),
     #[error("unexpected message type {0:?} from client")]
     UnexpectedMessage(char),
-    #[error("{0}")]
-    Server(ServerError),
     #[error("invalid message from client: {0}")]
     Decode(#[from] protocol::DecodeError),
     #[error("client connection failed: {0}")]
@@ -88,7 +85,6 @@ impl ClientError {
             Self::BackendLost(_) | Self::Io(_) => "08006",
             Self::TokenInFailedTransaction => "25P02",
             Self::TokenUnknown => "55000",
-            Self::Server(fields) => fields.code.as_str(),
         }
     }
 
@@ -100,7 +96,6 @@ impl ClientError {
             Severity::Error
         };
         let server = match self {
-            Self::Server(f) => Some(f),
             Self::Pool(crate::pool::PoolError::Connect(crate::backend::BackendError::Server(
                 f,
             )))
@@ -185,5 +180,13 @@ mod tests {
             let text = String::from_utf8_lossy(&msg);
             assert!(text.contains(code), "{text}");
         }
+    }
+
+    /// The session returns `Result<_, ClientError>` from every step of every message:
+    /// a large error makes each of them costly to move even when nothing failed.
+    #[test]
+    fn errors_stay_small() {
+        assert!(std::mem::size_of::<ClientError>() <= 48);
+        assert!(std::mem::size_of::<crate::pool::PoolError>() <= 48);
     }
 }
