@@ -112,17 +112,10 @@ impl Pool {
                 })
             }
         };
-        while let Some(conn) = self.pop_idle() {
-            if self.expired(&conn, Instant::now()) {
-                continue; // dropped: the socket closes
-            }
-            return Ok(Lease {
-                conn,
-                _permit: permit,
-                _load: LoadGuard::new(&self.node_load),
-                pool: self.clone(),
-            });
-        }
+        let permit = match self.lease_idle(permit) {
+            Ok(lease) => return Ok(lease),
+            Err(permit) => permit,
+        };
         let conn = Box::new(
             BackendConn::connect(&self.spec)
                 .await
@@ -132,12 +125,37 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| conn.params.clone());
-        Ok(Lease {
+        Ok(self.lease(conn, permit))
+    }
+
+    /// A lease at once, when a permit and a live idle connection are free: the usual
+    /// case, served without building the futures of [`Pool::acquire`].
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.lease_idle(permit).ok()
+    }
+
+    /// Leases the newest live idle connection, or gives the permit back.
+    fn lease_idle(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Lease, OwnedSemaphorePermit> {
+        while let Some(conn) = self.pop_idle() {
+            if self.expired(&conn, Instant::now()) {
+                continue; // dropped: the socket closes
+            }
+            return Ok(self.lease(conn, permit));
+        }
+        Err(permit)
+    }
+
+    fn lease(self: &Arc<Self>, conn: Box<BackendConn>, permit: OwnedSemaphorePermit) -> Lease {
+        Lease {
             conn,
             _permit: permit,
             _load: LoadGuard::new(&self.node_load),
             pool: self.clone(),
-        })
+        }
     }
 
     /// The parameters a new client of this pool is told about, once a connection proved

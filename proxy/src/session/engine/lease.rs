@@ -91,7 +91,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             Route::Primary(_) if read => Reason::NoReplica,
             Route::Primary(_) => Reason::Write,
         };
-        let result = self.acquire(route.node()).await;
+        let result = match self.try_acquire(route.node()) {
+            Some(lease) => Ok(lease),
+            None => self.acquire(route.node()).await,
+        };
         let (route, lease) = match (result, route) {
             (Ok(lease), r) => (r, lease),
             (Err(e), Route::Replica(node)) => {
@@ -128,6 +131,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         self.route = Some(route);
         self.prepare_backend()?;
         Ok(check)
+    }
+
+    /// A free idle backend on `node` at once, if its pool has one (see
+    /// [`Pool::try_acquire`]).
+    fn try_acquire(&self, node: NodeId) -> Option<Lease> {
+        self.pools.get(node.0)?.as_ref()?.try_acquire()
     }
 
     pub(super) async fn acquire(&mut self, node: NodeId) -> Result<Lease, ClientError> {
