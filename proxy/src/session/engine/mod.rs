@@ -363,8 +363,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 }
                 continue;
             }
-            let ours = is_ours(&frame, &self.commands);
-            if self.queued.is_empty() && self.lease.is_some() && self.can_stream() && !ours {
+            // `is_ours` last: between units there is no lease, and dispatch asks it anyway.
+            if self.queued.is_empty()
+                && self.lease.is_some()
+                && self.can_stream()
+                && !is_ours(&frame, &self.commands)
+            {
                 self.send(frame)?;
             } else {
                 let boundary = is_boundary(frame.tag());
@@ -506,8 +510,8 @@ fn shrink(buf: &mut BytesMut) {
 /// A simple query, Parse or Bind of a `pgrelay.*` statement, which pgrelay answers
 /// itself (`commands`: the session's prepared ones).
 fn is_ours(f: &Frame, commands: &CommandStatements) -> bool {
-    // Runs for every message, twice: most SQL is settled by its first word, before any
-    // decoding.
+    // Runs for every message (twice when it could stream onto a kept lease): most SQL
+    // is settled by its first word, before any decoding.
     let raw_sql = match f.tag() {
         b'Q' => f.body(),
         b'P' => f.body().splitn(2, |b| *b == 0).nth(1).unwrap_or_default(),
