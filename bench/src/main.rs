@@ -60,6 +60,10 @@ struct Opts {
     /// The pgrelay binary (default: target/release/pgrelay of this workspace).
     #[arg(long, env = "BENCH_PGRELAY")]
     pgrelay: Option<PathBuf>,
+    /// How that binary was built, for the report (`bench/run --pgo` sets "PGO", see
+    /// scripts/build-pgo).
+    #[arg(long, env = "BENCH_PGRELAY_BUILD", default_value = "release")]
+    pgrelay_build: String,
     /// The PgBouncer binary (default: /usr/sbin/pgbouncer, else PATH).
     #[arg(long, env = "BENCH_PGBOUNCER")]
     pgbouncer: Option<PathBuf>,
@@ -389,7 +393,7 @@ fn run() -> Result<()> {
         pgbouncer: pgbouncer_bin
             .as_deref()
             .map_or_else(|| "not installed".into(), sys::version_of),
-        pgrelay_rev: git_rev(),
+        pgrelay_rev: format!("{}, {} build", git_rev(), opts.pgrelay_build),
         load_start,
         load_end,
         elapsed,
