@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TARGETS = [
+    ("bare_relay", "bare TCP relay (floor)", "#9e9e9e"),
     ("pgrelay_primary", "pgrelay, primary only", "#1f77b4"),
     ("pgrelay_cluster", "pgrelay, 1+2 routing", "#2ca02c"),
     ("pgbouncer", "PgBouncer transaction", "#ff7f0e"),
@@ -60,8 +61,8 @@ def main(csv_path, png_path):
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylim(0, top)
     ax.set_ylabel("TPS relative to direct PostgreSQL")
-    ax.set_title("pgbench TPS through each proxy, relative to direct PostgreSQL", pad=28)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(TARGETS) + 1, fontsize=8, frameon=False)
+    ax.set_title("pgbench TPS through each proxy, relative to direct PostgreSQL", pad=40)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
 

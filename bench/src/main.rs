@@ -1,13 +1,15 @@
 //! `pgrelay-bench`: the performance comparison in one run (`bench/run` builds and
 //! starts it). On a fresh local 1+2 PostgreSQL cluster (the workspace's `cluster`
-//! crate) it runs pgbench against PostgreSQL directly, the real `pgrelay` binary in
-//! front of the primary alone (the cost of the proxy hop) and in front of the whole
-//! cluster with routing, and PgBouncer in transaction mode; then it measures pgrelay's
+//! crate) it runs pgbench against PostgreSQL directly, a bare TCP relay (the floor of
+//! any proxy's cost), the real `pgrelay` binary in front of the primary alone (the
+//! cost of the proxy hop) and in front of the whole cluster with routing, and PgBouncer
+//! in transaction mode; then it measures pgrelay's
 //! memory with many idle sessions. It prints a table and writes results.md,
 //! results.csv and (through bench/plot.py) results.png to the output folder.
 
 mod idle;
 mod pgbench;
+mod relay;
 mod report;
 mod sys;
 mod targets;
@@ -74,6 +76,9 @@ struct Opts {
     /// prepare it), reported instead of the plot.
     #[arg(long, env = "BENCH_NO_PLOT_REASON", hide = true)]
     no_plot_reason: Option<String>,
+    /// Internal: be the bare relay target (listen port, primary's port) instead.
+    #[arg(long, hide = true, num_args = 2, value_names = ["LISTEN", "TO"])]
+    bare_relay: Option<Vec<u16>>,
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
@@ -126,6 +131,9 @@ struct Memory {
 
 fn run() -> Result<()> {
     let opts = Opts::parse();
+    if let Some([listen, to]) = opts.bare_relay.as_deref() {
+        return relay::serve(*listen, *to);
+    }
     let began = Instant::now();
     let (dir_stamp, human_stamp) = sys::stamps();
     let seconds = opts.seconds.unwrap_or(if opts.quick { 3 } else { 12 });
@@ -219,7 +227,9 @@ fn run() -> Result<()> {
             .map_err(|e| format!("PgBouncer did not start: {e:#}")),
         None => Err("PgBouncer is not installed (bench/run installs Debian's pgbouncer)".into()),
     };
+    let bare = targets::start_bare_relay(primary, &logs).map_err(|e| format!("{e:#}"));
     for (what, s) in [
+        ("bare TCP relay", &bare),
         ("pgrelay, primary only", &relay_primary),
         ("pgrelay, 1+2 routing", &relay_cluster),
         ("PgBouncer", &bouncer),
@@ -232,6 +242,7 @@ fn run() -> Result<()> {
     let port_of = |t: Target| -> std::result::Result<u16, String> {
         let s = match t {
             Target::Direct => return Ok(primary),
+            Target::BareRelay => &bare,
             Target::PgrelayPrimary => &relay_primary,
             Target::PgrelayCluster => &relay_cluster,
             Target::Pgbouncer => &bouncer,
@@ -242,6 +253,7 @@ fn run() -> Result<()> {
     let pid_of = |t: Target| -> Option<u32> {
         let s = match t {
             Target::Direct => return None,
+            Target::BareRelay => &bare,
             Target::PgrelayPrimary => &relay_primary,
             Target::PgrelayCluster => &relay_cluster,
             Target::Pgbouncer => &bouncer,
@@ -292,7 +304,8 @@ fn run() -> Result<()> {
             for (i, t) in Target::ALL.into_iter().enumerate() {
                 let port = match port_of(t) {
                     Err(why) => Err(why),
-                    Ok(_) if t == Target::Direct && w.clients > direct_limit => Err(format!(
+                    // The bare relay, too, gives each client a server connection.
+                    Ok(_) if !t.pools() && w.clients > direct_limit => Err(format!(
                         "PostgreSQL here has max_connections = {max_connections} (and the poolers hold up to {} of them)",
                         3 * opts.pool_size
                     )),
@@ -366,7 +379,7 @@ fn run() -> Result<()> {
             }
         }
     }
-    if let Ok((mut proc, _)) = bouncer {
+    for (mut proc, _) in [bouncer, bare].into_iter().flatten() {
         proc.stop();
     }
 
@@ -409,6 +422,10 @@ fn run() -> Result<()> {
         println!("  {n}");
     }
     println!();
+    println!("Against the floor (TPS over the bare relay's):");
+    for l in report::floor_shares(&cells) {
+        println!("  {l}");
+    }
     println!("Added latency at 1 client (pgrelay in front of the primary alone, minus direct):");
     for l in &added {
         println!("  {l}");
@@ -624,7 +641,10 @@ fn markdown(
          app user (SCRAM), in {} rounds of `-T {}`: the targets of a workload take turns, so \
          that a slow spell of the machine falls on all of them (the 1000-client cells run \
          once, {} s more, since pgbench's clock runs while its clients log in, which TPS \
-         excludes). Targets: PostgreSQL's primary directly; pgrelay ({}) in front of \
+         excludes). Targets: PostgreSQL's primary directly; a bare TCP relay in front of \
+         the primary (this benchmark's own: one tokio thread copying bytes between each \
+         client and a server connection of its own, reading no protocol: the floor of \
+         what the extra hop costs any proxy here); pgrelay ({}) in front of \
          the primary alone (the cost of the proxy hop) and in front of the 1+2 cluster with \
          routing (`routing.consistency: session`; reads go to the replicas, which share the \
          same cores); PgBouncer ({}) in `pool_mode = transaction` in front of the primary. \
@@ -655,6 +675,20 @@ fn markdown(
         md.push('\n');
         for n in notes {
             let _ = writeln!(md, "- {n}");
+        }
+    }
+    let floor = report::floor_shares(cells);
+    if !floor.is_empty() {
+        let _ = writeln!(md, "\n## Against the floor\n");
+        let _ = writeln!(
+            md,
+            "Each proxy's TPS over the bare relay's: the share of the hop's best case it \
+             keeps while doing its own work (1.0 = costs nothing beyond the hop). Where the \
+             server's lock waits dominate (tpcb-like), a pooler can also come out above it: \
+             the relay gives every client a server connection of its own.\n"
+        );
+        for l in &floor {
+            let _ = writeln!(md, "- {l}");
         }
     }
     let _ = writeln!(md, "\n## Added latency at 1 client\n");

@@ -40,14 +40,17 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Direct,
+    /// Copies bytes to a server connection per client: the floor of any proxy's cost.
+    BareRelay,
     PgrelayPrimary,
     PgrelayCluster,
     Pgbouncer,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Direct,
+        Target::BareRelay,
         Target::PgrelayPrimary,
         Target::PgrelayCluster,
         Target::Pgbouncer,
@@ -56,16 +59,24 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Target::Direct => "direct PostgreSQL",
+            Target::BareRelay => "bare TCP relay (floor)",
             Target::PgrelayPrimary => "pgrelay, primary only",
             Target::PgrelayCluster => "pgrelay, 1+2 routing",
             Target::Pgbouncer => "PgBouncer transaction",
         }
     }
 
+    /// Whether it shares a pool of server connections among its clients (else each
+    /// client needs a connection of its own on the primary).
+    pub fn pools(self) -> bool {
+        !matches!(self, Target::Direct | Target::BareRelay)
+    }
+
     /// Stable name for the CSV (and the plot's legend order).
     pub fn key(self) -> &'static str {
         match self {
             Target::Direct => "direct",
+            Target::BareRelay => "bare_relay",
             Target::PgrelayPrimary => "pgrelay_primary",
             Target::PgrelayCluster => "pgrelay_cluster",
             Target::Pgbouncer => "pgbouncer",
@@ -255,6 +266,43 @@ pub fn notes(cells: &[Cell]) -> Vec<String> {
     notes
 }
 
+/// Per workload, pgrelay's and PgBouncer's TPS as a share of the bare relay's: how
+/// much of the floor's throughput each proxy keeps once it does its own work.
+pub fn floor_shares(cells: &[Cell]) -> Vec<String> {
+    let tps = |w: Workload, t: Target| {
+        cells
+            .iter()
+            .find(|c| c.workload == w && c.target == t)
+            .and_then(|c| c.figures())
+            .map(|f| f.tps)
+    };
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for w in cells.iter().map(|c| c.workload) {
+        if seen.contains(&w) {
+            continue;
+        }
+        seen.push(w);
+        let Some(floor) = tps(w, Target::BareRelay).filter(|f| *f > 0.0) else {
+            continue;
+        };
+        let share = |t: Target| match tps(w, t) {
+            Some(v) => format!("{} {:.2}", t.label(), v / floor),
+            None => format!("{} -", t.label()),
+        };
+        let plural = if w.clients == 1 { "" } else { "s" };
+        out.push(format!(
+            "{}, {} client{plural}: {}; {}; {}",
+            w.label(),
+            w.clients,
+            share(Target::PgrelayPrimary),
+            share(Target::PgrelayCluster),
+            share(Target::Pgbouncer)
+        ));
+    }
+    out
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -371,6 +419,26 @@ mod tests {
         assert!(
             csv.lines().nth(3).is_some_and(|l| l.contains(",21.26,")),
             "{csv}"
+        );
+    }
+
+    #[test]
+    fn floor_shares_divide_by_the_bare_relay() {
+        let cells = vec![
+            cell("select-only", 16, Target::Direct, Some(1000.0)),
+            cell("select-only", 16, Target::BareRelay, Some(600.0)),
+            cell("select-only", 16, Target::PgrelayPrimary, Some(570.0)),
+            cell("select-only", 16, Target::Pgbouncer, None),
+            // No floor here (skipped or failed): no line.
+            cell("select-only", 1000, Target::BareRelay, None),
+            cell("select-only", 1000, Target::PgrelayPrimary, Some(900.0)),
+        ];
+        assert_eq!(
+            floor_shares(&cells),
+            [
+                "select-only simple, 16 clients: pgrelay, primary only 0.95; \
+              pgrelay, 1+2 routing -; PgBouncer transaction -"
+            ]
         );
     }
 }

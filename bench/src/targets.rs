@@ -1,6 +1,7 @@
 //! The proxies under test, each a child process with its own config in a temp dir:
-//! the real `pgrelay` binary, and Debian's PgBouncer (as `nobody` when we are root,
-//! since PgBouncer refuses to run as root). Dropping one stops it.
+//! the real `pgrelay` binary, Debian's PgBouncer (as `nobody` when we are root, since
+//! PgBouncer refuses to run as root) and the bare relay (this binary, see `relay`).
+//! Dropping one stops it.
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -276,13 +277,47 @@ pub fn start_pgbouncer(
     let child = cmd
         .spawn()
         .with_context(|| format!("spawn {}", bin.display()))?;
-    let mut proc = Proc {
+    let proc = Proc {
         name: "pgbouncer".into(),
         child: Some(child),
         log,
         save_log: Some(logs.join("pgbouncer.log")),
         _dir: dir,
     };
+    until_accepting(proc, port)
+}
+
+/// Starts this binary as the bare relay (see `relay`) in front of the primary.
+pub fn start_bare_relay(primary_port: u16, logs: &Path) -> Result<(Proc, u16)> {
+    let dir = tempfile::Builder::new()
+        .prefix("bare-relay-bench-")
+        .tempdir()
+        .context("temp dir")?;
+    let port = cluster::free_port()?;
+    let log = logs.join("bare-relay.log");
+    let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--bare-relay")
+        .arg(port.to_string())
+        .arg(primary_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .context("spawn the bare relay")?;
+    let proc = Proc {
+        name: "bare relay".into(),
+        child: Some(child),
+        log,
+        save_log: None,
+        _dir: dir,
+    };
+    until_accepting(proc, port)
+}
+
+/// Waits until `proc` accepts connections on `port`; fails with its log if it exits
+/// or takes too long.
+fn until_accepting(mut proc: Proc, port: u16) -> Result<(Proc, u16)> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         proc.check_alive()?;
@@ -291,7 +326,8 @@ pub fn start_pgbouncer(
         }
         if Instant::now() > deadline {
             bail!(
-                "pgbouncer not accepting after {START_TIMEOUT:?}; log:\n{}",
+                "{} not accepting after {START_TIMEOUT:?}; log:\n{}",
+                proc.name,
                 tail(&proc.log, 15)
             );
         }
