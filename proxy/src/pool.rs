@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -48,7 +48,10 @@ pub struct Pool {
     pub node_name: String,
     spec: ConnectSpec,
     settings: PoolSettings,
-    permits: Arc<Semaphore>,
+    /// One permit per connection a lease may hold; a lease keeps its permit as a
+    /// [`Slot`], not as tokio's owned permit, which would clone and drop an `Arc` per
+    /// lease (each an atomic read-modify-write on the hot path).
+    permits: Semaphore,
     /// Boxed: a connection moves in and out of leases on every transaction, and a
     /// pointer is cheaper to move than the connection (callgrind: ~600 instructions of
     /// copying per transaction).
@@ -77,7 +80,7 @@ impl Pool {
             node_name,
             spec,
             settings,
-            permits: Arc::new(Semaphore::new(settings.size)),
+            permits: Semaphore::new(settings.size),
             idle: Mutex::new(Vec::new()),
             startup_params: Mutex::new(None),
         }
@@ -94,15 +97,15 @@ impl Pool {
     /// Lease a connection: an idle one if a live one is there, else a new one.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let waited = self.settings.acquire_timeout;
-        let permit = match self.permits.clone().try_acquire_owned() {
+        let permit = match self.permits.try_acquire() {
             Ok(p) => Ok(Ok(p)),
             Err(_) => {
                 let _waiting = LoadGuard::new(&self.node_waiting);
-                tokio::time::timeout(waited, self.permits.clone().acquire_owned()).await
+                tokio::time::timeout(waited, self.permits.acquire()).await
             }
         };
         let permit = match permit {
-            Ok(Ok(p)) => p,
+            Ok(Ok(p)) => self.slot(p),
             Ok(Err(_)) => return Err(PoolError::Closed),
             Err(_) => {
                 return Err(PoolError::Timeout {
@@ -131,17 +134,26 @@ impl Pool {
     /// A lease at once, when a permit and a live idle connection are free: the usual
     /// case, served without building the futures of [`Pool::acquire`].
     pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        self.lease_idle(permit).ok()
+        let permit = self.permits.try_acquire().ok()?;
+        self.lease_idle(self.slot(permit)).ok()
     }
 
-    /// Leases the newest live idle connection, or gives the permit back.
-    fn lease_idle(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Lease, OwnedSemaphorePermit> {
+    /// Holds `permit` until the slot drops.
+    fn slot(self: &Arc<Self>, permit: tokio::sync::SemaphorePermit<'_>) -> Slot {
+        permit.forget();
+        Slot {
+            pool: self.clone(),
+            leased: false,
+        }
+    }
+
+    /// Leases the newest idle connection the server has not closed, or gives the
+    /// permit back. Age is left to the sweep ([`Pools::sweep_interval`]): reading the
+    /// clock here cost every lease, and the newest idle connection is the one least
+    /// likely to be old.
+    fn lease_idle(&self, permit: Slot) -> Result<Lease, Slot> {
         while let Some(conn) = self.pop_idle() {
-            if self.expired(&conn, Instant::now()) {
+            if conn.is_closed() {
                 continue; // dropped: the socket closes
             }
             return Ok(self.lease(conn, permit));
@@ -149,13 +161,10 @@ impl Pool {
         Err(permit)
     }
 
-    fn lease(self: &Arc<Self>, conn: Box<BackendConn>, permit: OwnedSemaphorePermit) -> Lease {
-        Lease {
-            conn,
-            _permit: permit,
-            _load: LoadGuard::new(&self.node_load),
-            pool: self.clone(),
-        }
+    fn lease(&self, conn: Box<BackendConn>, mut slot: Slot) -> Lease {
+        self.node_load.fetch_add(1, Ordering::Relaxed);
+        slot.leased = true;
+        Lease { conn, slot }
     }
 
     /// The parameters a new client of this pool is told about, once a connection proved
@@ -202,7 +211,8 @@ impl Pool {
         expired.len()
     }
 
-    /// An idle connection not to lease again: closed, or unused past `pool.idle_timeout`.
+    /// An idle connection for the sweep to close: closed, or unused past
+    /// `pool.idle_timeout`.
     fn expired(&self, conn: &BackendConn, now: Instant) -> bool {
         conn.is_closed()
             || now.saturating_duration_since(conn.last_used) > self.settings.idle_timeout
@@ -226,12 +236,26 @@ impl Pool {
 /// connection: only a connection known to be clean goes back to the pool.
 pub struct Lease {
     conn: Box<BackendConn>,
-    _permit: OwnedSemaphorePermit,
-    _load: LoadGuard,
-    pool: Arc<Pool>,
+    slot: Slot,
 }
 
-/// Counts one outstanding lease on a node for as long as it lives.
+/// A permit of a pool's semaphore, given back on drop; counts in the node's load
+/// while it holds a connection.
+struct Slot {
+    pool: Arc<Pool>,
+    leased: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.leased {
+            self.pool.node_load.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.pool.permits.add_permits(1);
+    }
+}
+
+/// Counts one session waiting on a node for as long as it lives.
 struct LoadGuard(Arc<AtomicUsize>);
 
 impl LoadGuard {
@@ -257,11 +281,11 @@ impl Lease {
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+        &self.slot.pool
     }
 
     pub fn node(&self) -> NodeId {
-        self.pool.node()
+        self.slot.pool.node()
     }
 
     /// Return a clean connection (at ReadyForQuery, idle, nothing buffered) to the pool.
@@ -276,17 +300,13 @@ impl Lease {
     pub fn release_at(self, now: Instant) {
         // The permit goes back only after the connection is idle again, so a session
         // it wakes finds the connection.
-        let Lease {
-            conn,
-            _permit,
-            _load,
-            pool,
-        } = self;
+        let Lease { conn, slot } = self;
         if conn.tx != protocol::backend::TxStatus::Idle {
-            tracing::warn!(node = %pool.node_name, status = ?conn.tx, "backend released inside a transaction; closing it");
+            tracing::warn!(node = %slot.pool.node_name, status = ?conn.tx, "backend released inside a transaction; closing it");
         } else if conn.rbuf.is_empty() {
-            pool.push_idle(conn, now);
+            slot.pool.push_idle(conn, now);
         }
+        drop(slot);
     }
 }
 
