@@ -145,7 +145,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Handle, AppEr
             specs.len(),
         ),
         cancels: Arc::new(CancelRegistry::default()),
-        spread: Default::default(),
         max_message: config.limits.max_message_size.0,
         backend_max_message: BACKEND_MAX_MESSAGE,
         startup_timeout: config.limits.startup_timeout,

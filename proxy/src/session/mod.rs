@@ -53,7 +53,6 @@ pub struct Shared {
     pub topology: SharedTopology,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
-    pub spread: AtomicU64,
     pub max_message: usize,
     pub backend_max_message: usize,
     pub startup_timeout: Duration,

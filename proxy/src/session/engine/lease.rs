@@ -64,7 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
         // Decide from one snapshot, and let go of it before waiting on the pool.
         let (route, primary, known_fresh) = {
             let topo = self.ctx.topology.load();
-            let spread = self.ctx.spread.fetch_add(1, Ordering::Relaxed);
+            self.spread = self.spread.wrapping_add(1);
+            let spread = self.spread;
             let load = |n| self.ctx.pools.load(n);
             let (route, known_fresh) = if class == Class::Read && self.level.tracks_floor() {
                 let replayed = |n: NodeId| {

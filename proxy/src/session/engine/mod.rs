@@ -137,6 +137,10 @@ pub struct Engine<S> {
     floor: router::Lsn,
     /// The replica the session last read from, preferred while it is at the floor.
     sticky: Option<NodeId>,
+    /// Rotates reads among equally loaded replicas. The session's own counter (from a
+    /// random start) spreads as evenly over many sessions as a shared one would, without
+    /// an atomic read-modify-write per lease.
+    spread: u64,
     /// The session has read on this replica, since this moment, without learning how far
     /// that replica had replayed: the floor does not cover those reads. Only the same
     /// replica, up since then, can serve the next read as is (see `vet_replica`); a
@@ -259,6 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
             default_level,
             floor: router::Lsn(0),
             sticky: None,
+            spread: rand::random(),
             unbounded: None,
             write_lsn_covers: None,
             write_lsn: None,

@@ -148,7 +148,6 @@ async fn session(primary: Script, replica: Script) -> tokio::io::DuplexStream {
         topology: health::shared(topology),
         pools: Pools::new(settings, Duration::from_secs(5), 1 << 24, 2),
         cancels: cancels.clone(),
-        spread: Default::default(),
         max_message: 1 << 20,
         backend_max_message: 1 << 24,
         startup_timeout: Duration::from_secs(5),
