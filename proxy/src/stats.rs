@@ -59,6 +59,11 @@ struct Window {
     current: hdrhistogram::Histogram<u64>,
     previous: hdrhistogram::Histogram<u64>,
     since: Instant,
+    /// Answers and their total latency since start, for the summary's `_count` and
+    /// `_sum`: kept under the window's lock, which every answer takes anyway, rather
+    /// than in atomics that would cost two more read-modify-writes per answer.
+    count: u64,
+    sum_micros: u64,
 }
 
 impl Window {
@@ -71,6 +76,8 @@ impl Window {
             current: h(),
             previous: h(),
             since: Instant::now(),
+            count: 0,
+            sum_micros: 0,
         }
     }
 
@@ -91,8 +98,6 @@ impl Window {
 struct Node {
     routed: [AtomicU64; Reason::ALL.len()],
     window: Mutex<Window>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
 }
 
 /// Latency of one node for `/metrics`.
@@ -117,8 +122,6 @@ impl Stats {
                 .map(|_| Node {
                     routed: Default::default(),
                     window: Mutex::new(Window::new()),
-                    count: AtomicU64::new(0),
-                    sum_micros: AtomicU64::new(0),
                 })
                 .collect(),
         }
@@ -161,9 +164,9 @@ impl Stats {
             return;
         };
         let micros = (took.as_micros() as u64).clamp(1, MAX_MICROS);
-        n.count.fetch_add(1, Ordering::Relaxed);
-        n.sum_micros.fetch_add(micros, Ordering::Relaxed);
         let mut w = n.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.count += 1;
+        w.sum_micros = w.sum_micros.saturating_add(micros);
         w.rotate(now);
         let _ = w.current.record(micros);
     }
@@ -176,24 +179,22 @@ impl Stats {
                 sum_seconds: 0.0,
             };
         };
-        let quantiles = {
-            let mut w = n.window.lock().unwrap_or_else(|e| e.into_inner());
-            w.rotate(Instant::now());
-            let mut both = w.previous.clone();
-            let _ = both.add(&w.current);
-            if both.is_empty() {
-                Vec::new()
-            } else {
-                QUANTILES
-                    .iter()
-                    .map(|q| (*q, both.value_at_quantile(*q) as f64 / 1e6))
-                    .collect()
-            }
+        let mut w = n.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.rotate(Instant::now());
+        let mut both = w.previous.clone();
+        let _ = both.add(&w.current);
+        let quantiles = if both.is_empty() {
+            Vec::new()
+        } else {
+            QUANTILES
+                .iter()
+                .map(|q| (*q, both.value_at_quantile(*q) as f64 / 1e6))
+                .collect()
         };
         Latency {
             quantiles,
-            count: n.count.load(Ordering::Relaxed),
-            sum_seconds: n.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: w.count,
+            sum_seconds: w.sum_micros as f64 / 1e6,
         }
     }
 }
