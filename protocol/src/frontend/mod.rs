@@ -45,6 +45,13 @@ pub fn query_bytes(frame: &Frame) -> Result<&[u8], DecodeError> {
     Ok(q)
 }
 
+/// The SQL text of a Query that [`query_bytes`] (or [`query`]) already accepted, without
+/// scanning it again for its terminator: the body less its last byte.
+pub fn query_bytes_accepted(frame: &Frame) -> &[u8] {
+    let body = frame.body();
+    body.get(..body.len().saturating_sub(1)).unwrap_or_default()
+}
+
 /// A decoded Parse ('P') message. Parameter types stay a raw slice: the proxy only
 /// needs them to replay the Parse byte-for-byte on another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +269,9 @@ mod tests {
         ];
         for (frame, want) in cases {
             assert_eq!(query(&frame), want, "{frame:?}");
+            if let Ok(sql) = want {
+                assert_eq!(query_bytes_accepted(&frame), sql.as_bytes(), "{frame:?}");
+            }
         }
         assert_eq!(query_bytes(&f(b'Q', b"\xff\0")), Ok(&b"\xff"[..]));
     }

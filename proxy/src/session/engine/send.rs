@@ -164,11 +164,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 ends = self.unit_end.take();
             }
             b'Q' => {
-                // Classified already (so checked to be UTF-8) unless it came straight on.
-                let sql = protocol::frontend::query_bytes(&f)?;
-                let class = match class {
-                    Some(class) => class,
-                    None => router::classify(protocol::frontend::query(&f)?),
+                // Classified already (so decoded and checked to be UTF-8) unless it came
+                // straight on.
+                let (sql, class) = match class {
+                    Some(class) => (protocol::frontend::query_bytes_accepted(&f), class),
+                    None => {
+                        let sql = protocol::frontend::query(&f)?;
+                        (sql.as_bytes(), router::classify(sql))
+                    }
                 };
                 writes = matches!(class, Class::Write | Class::Pin(_));
                 match class {
