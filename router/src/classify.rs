@@ -5,6 +5,7 @@
 //! [`Class::Read`]; anything it does not understand is [`Class::Write`]. It runs on every
 //! simple query, so it lexes once, lazily, without allocating.
 
+mod fast;
 mod functions;
 mod lexer;
 mod statement;
@@ -120,6 +121,14 @@ impl Class {
 /// implicit transaction and may mix kinds. Only whitespace, comments and `;` is
 /// [`Class::Read`], because the server answers it with EmptyQueryResponse.
 pub fn classify(sql: &str) -> Class {
+    if fast::plain_select(sql.as_bytes()) {
+        return Class::Read;
+    }
+    classify_full(sql)
+}
+
+/// [`classify`] without the fast path.
+fn classify_full(sql: &str) -> Class {
     let (class, ambiguous) = classify_as(sql, false);
     if !ambiguous {
         return class;
