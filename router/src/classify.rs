@@ -127,6 +127,19 @@ pub fn classify(sql: &str) -> Class {
     classify_full(sql)
 }
 
+/// [`classify`] for SQL as the client sent it, in whatever encoding: text that is not
+/// UTF-8 is [`Class::Write`] unless it is a plain SELECT, whose fast path reads only
+/// ASCII bytes and so holds in every client encoding PostgreSQL accepts (each keeps
+/// quotes, parentheses and keyword letters to ASCII, or makes them a fallback: the
+/// trailing `\` of a Shift-JIS character is one). A plain SELECT, the commonest
+/// query, then skips the UTF-8 check as well.
+pub fn classify_bytes(sql: &[u8]) -> Class {
+    if fast::plain_select(sql) {
+        return Class::Read;
+    }
+    std::str::from_utf8(sql).map_or(Class::Write, classify_full)
+}
+
 /// [`classify`] without the fast path.
 fn classify_full(sql: &str) -> Class {
     let (class, ambiguous) = classify_as(sql, false);

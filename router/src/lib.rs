@@ -9,7 +9,7 @@ pub mod lag;
 pub mod types;
 
 pub use choose::{choose, NoNode, Route};
-pub use classify::{classify, Class, PinReason};
+pub use classify::{classify, classify_bytes, Class, PinReason};
 pub use consistency::{choose_read, Consistency, ConsistencyParseError, ReadChoice};
 pub use lag::LagBounds;
 pub use types::{

@@ -4,7 +4,7 @@
 
 use super::statements::Statements;
 use protocol::Frame;
-use router::{classify, Class, PinReason};
+use router::{classify, classify_bytes, Class, PinReason};
 
 /// Message types a client may send once logged in. Anything else is refused before
 /// it is queued, so garbage never reaches a backend.
@@ -51,8 +51,8 @@ pub fn unit_classes(frames: &[Frame], stmts: &Statements, each: &mut Vec<Option<
     for f in frames {
         let mut sql_class = None;
         let c = match f.tag() {
-            b'Q' => match protocol::frontend::query(f) {
-                Ok(sql) => *sql_class.insert(classify(sql)),
+            b'Q' => match protocol::frontend::query_bytes(f) {
+                Ok(sql) => *sql_class.insert(classify_bytes(sql)),
                 Err(_) => Class::Write,
             },
             b'P' => match protocol::frontend::parse(f) {

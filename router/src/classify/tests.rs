@@ -425,3 +425,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bytes_in_any_encoding() {
+    let cases: &[(&[u8], Class)] = &[
+        (b"SELECT a FROM caf\xe9", Class::Read), // Latin-1: a plain SELECT all the same
+        (b"SELECT caf\xe9('x')", Class::Write),  // not UTF-8 and not plain: the primary
+        (b"UPDATE t SET a = 1", Class::Write),
+        (b"SET application_name = 'x'", Class::Session),
+        ("SELECT 'żółw'".as_bytes(), Class::Read),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(
+            classify_bytes(sql),
+            *want,
+            "{:?}",
+            String::from_utf8_lossy(sql)
+        );
+    }
+}

@@ -164,13 +164,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Engine<S> {
                 ends = self.unit_end.take();
             }
             b'Q' => {
-                // Classified already (so decoded and checked to be UTF-8) unless it came
-                // straight on.
+                // Classified already (so decoded) unless it came straight on.
                 let (sql, class) = match class {
                     Some(class) => (protocol::frontend::query_bytes_accepted(&f), class),
                     None => {
-                        let sql = protocol::frontend::query(&f)?;
-                        (sql.as_bytes(), router::classify(sql))
+                        let sql = protocol::frontend::query_bytes(&f)?;
+                        (sql, router::classify_bytes(sql))
                     }
                 };
                 writes = matches!(class, Class::Write | Class::Pin(_));
