@@ -684,8 +684,9 @@ fn markdown(
             md,
             "Each proxy's TPS over the bare relay's: the share of the hop's best case it \
              keeps while doing its own work (1.0 = costs nothing beyond the hop). Where the \
-             server's lock waits dominate (tpcb-like), a pooler can also come out above it: \
-             the relay gives every client a server connection of its own.\n"
+             server gains from fewer connections (many clients on few cores, lock waits in \
+             tpcb-like), a pooler can come out above it: the relay gives every client a \
+             server connection of its own.\n"
         );
         for l in &floor {
             let _ = writeln!(md, "- {l}");
